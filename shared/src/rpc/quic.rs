@@ -1,0 +1,1 @@
+//! The QUIC transport (placeholder; being written).

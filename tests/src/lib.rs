@@ -1,0 +1,1 @@
+//! Helpers for the end-to-end tests: find and run the built binaries.
