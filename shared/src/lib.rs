@@ -7,6 +7,7 @@
 //! the metrics listener in [`http`], which both processes run the same way.
 
 pub mod config;
+pub mod fuzzing;
 pub mod http;
 pub mod ids;
 pub mod logging;
