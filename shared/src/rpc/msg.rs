@@ -80,6 +80,9 @@ pub struct HelloAck {
     pub node_name: String,
     /// How long sessions of a vanished owner are kept before they are reaped.
     pub orphan_grace_ms: u64,
+    /// The node's media interface names, in config order (legs name one of these).
+    #[serde(default)]
+    pub interfaces: Vec<String>,
 }
 
 /// The server refused the hello and will close the connection.

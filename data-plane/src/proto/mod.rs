@@ -1,0 +1,5 @@
+//! Sans-IO protocol and bookkeeping logic of the data plane: no sockets, no runtime, no
+//! clock. Every function takes `now` and returns what to do.
+
+pub mod ports;
+pub mod table;
