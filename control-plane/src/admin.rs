@@ -30,10 +30,20 @@ pub enum AdminRequest {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AdminResponse {
     Status(StatusReport),
-    Reloaded { changes: Vec<String> },
-    Created { created: u32, first_error: Option<String> },
-    Deleted { deleted: u32, first_error: Option<String> },
-    Error { message: String },
+    Reloaded {
+        changes: Vec<String>,
+    },
+    Created {
+        created: u32,
+        first_error: Option<String>,
+    },
+    Deleted {
+        deleted: u32,
+        first_error: Option<String>,
+    },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -62,15 +72,36 @@ pub struct MediaNodeStatus {
 
 impl std::fmt::Display for StatusReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "control plane:  {} ({}), rpc protocol {}", self.node_id, self.software, self.rpc_protocol)?;
+        writeln!(
+            f,
+            "control plane:  {} ({}), rpc protocol {}",
+            self.node_id, self.software, self.rpc_protocol
+        )?;
         writeln!(f, "config:         {}", self.config_file)?;
-        writeln!(f, "uptime:         {}s{}", self.uptime_s, if self.draining { " (draining)" } else { "" })?;
+        writeln!(
+            f,
+            "uptime:         {}s{}",
+            self.uptime_s,
+            if self.draining { " (draining)" } else { "" }
+        )?;
         writeln!(f, "sessions:       {}", self.sessions)?;
-        writeln!(f, "reloads:        {} ok, {} failed", self.reloads_ok, self.reloads_failed)?;
+        writeln!(
+            f,
+            "reloads:        {} ok, {} failed",
+            self.reloads_ok, self.reloads_failed
+        )?;
         writeln!(f, "media nodes:")?;
         for n in &self.media_nodes {
-            let state = if n.connected { "connected" } else { "DISCONNECTED" };
-            write!(f, "  {:<16} {:<12} sessions {:<6}", n.name, state, n.sessions)?;
+            let state = if n.connected {
+                "connected"
+            } else {
+                "DISCONNECTED"
+            };
+            write!(
+                f,
+                "  {:<16} {:<12} sessions {:<6}",
+                n.name, state, n.sessions
+            )?;
             if let Some(s) = &n.server {
                 write!(f, " {s}")?;
             }

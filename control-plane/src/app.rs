@@ -74,7 +74,11 @@ impl Control {
             self.book.clone(),
             self.metrics.clone(),
         );
-        self.lock_links().push(LinkSlot { config: node, link, task });
+        self.lock_links().push(LinkSlot {
+            config: node,
+            link,
+            task,
+        });
     }
 
     fn lock_links(&self) -> std::sync::MutexGuard<'_, Vec<LinkSlot>> {
@@ -82,7 +86,10 @@ impl Control {
     }
 
     pub fn config(&self) -> ControlConfig {
-        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn links(&self) -> Vec<Arc<MediaLink>> {
@@ -115,7 +122,10 @@ impl Control {
                 info!(file = %self.config_path.display(), ?changes, "configuration reloaded");
             }
             Err(e) => {
-                self.metrics.config_reloads.with_label_values(&["failed"]).inc();
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["failed"])
+                    .inc();
                 error!(file = %self.config_path.display(), "configuration reload refused; the running configuration stays:\n{e}");
             }
         }
@@ -184,11 +194,17 @@ impl Control {
             rpc_protocol: sbc_shared::rpc::PROTOCOL_VERSION,
             node_id: cfg.node_id,
             config_file: self.config_path.display().to_string(),
-            uptime_s: clock::now().saturating_duration_since(self.started).as_secs(),
+            uptime_s: clock::now()
+                .saturating_duration_since(self.started)
+                .as_secs(),
             draining: self.is_draining(),
             sessions: self.book.len() as u64,
             reloads_ok: self.metrics.config_reloads.with_label_values(&["ok"]).get(),
-            reloads_failed: self.metrics.config_reloads.with_label_values(&["failed"]).get(),
+            reloads_failed: self
+                .metrics
+                .config_reloads
+                .with_label_values(&["failed"])
+                .get(),
             media_nodes: self
                 .links()
                 .iter()
@@ -232,24 +248,38 @@ impl Control {
                 Ok(changes) => AdminResponse::Reloaded { changes },
                 Err(message) => AdminResponse::Error { message },
             },
-            AdminRequest::CreateSessions { count, node, interface } => {
-                self.create_diagnostic(count, node.as_deref(), interface).await
+            AdminRequest::CreateSessions {
+                count,
+                node,
+                interface,
+            } => {
+                self.create_diagnostic(count, node.as_deref(), interface)
+                    .await
             }
             AdminRequest::DeleteSessions { node } => self.delete_diagnostic(node.as_deref()).await,
         }
     }
 
-    async fn create_diagnostic(&self, count: u32, node: Option<&str>, interface: Option<String>) -> AdminResponse {
+    async fn create_diagnostic(
+        &self,
+        count: u32,
+        node: Option<&str>,
+        interface: Option<String>,
+    ) -> AdminResponse {
         const MAX_AT_ONCE: u32 = 100_000;
         if count > MAX_AT_ONCE {
-            return AdminResponse::Error { message: format!("at most {MAX_AT_ONCE} sessions at once") };
+            return AdminResponse::Error {
+                message: format!("at most {MAX_AT_ONCE} sessions at once"),
+            };
         }
         let link = match self.pick_link(node) {
             Ok(l) => l,
             Err(message) => return AdminResponse::Error { message },
         };
         let Some(interface) = interface.or_else(|| link.interfaces().first().cloned()) else {
-            return AdminResponse::Error { message: format!("media node `{}` reported no interfaces", link.name) };
+            return AdminResponse::Error {
+                message: format!("media node `{}` reported no interfaces", link.name),
+            };
         };
         let created_unix = clock::wall()
             .duration_since(UNIX_EPOCH)
@@ -259,20 +289,36 @@ impl Control {
         for _ in 0..count {
             let data = OwnerData {
                 v: OWNER_DATA_VERSION,
-                purpose: Purpose::Diagnostic { note: "sbcctl sessions create".into() },
+                purpose: Purpose::Diagnostic {
+                    note: "sbcctl sessions create".into(),
+                },
                 created_unix,
             };
             let spec = SessionSpec {
                 owner_data: data.encode(),
                 legs: vec![
-                    LegSpec { interface: interface.clone(), remote_rtp: None, remote_rtcp: None },
-                    LegSpec { interface: interface.clone(), remote_rtp: None, remote_rtcp: None },
+                    LegSpec {
+                        interface: interface.clone(),
+                        remote_rtp: None,
+                        remote_rtcp: None,
+                    },
+                    LegSpec {
+                        interface: interface.clone(),
+                        remote_rtp: None,
+                        remote_rtcp: None,
+                    },
                 ],
                 inactivity_timeout_ms: None,
             };
             match link.call(Request::CreateSession(spec)).await {
                 Ok(Response::Session(info)) => {
-                    self.book.insert(info.id, Entry { node: link.name.clone(), data });
+                    self.book.insert(
+                        info.id,
+                        Entry {
+                            node: link.name.clone(),
+                            data,
+                        },
+                    );
                     created += 1;
                 }
                 Ok(other) => {
@@ -289,7 +335,10 @@ impl Control {
             .media_sessions
             .with_label_values(&[&link.name])
             .set(self.book.count_on(&link.name) as i64);
-        AdminResponse::Created { created, first_error }
+        AdminResponse::Created {
+            created,
+            first_error,
+        }
     }
 
     async fn delete_diagnostic(&self, node: Option<&str>) -> AdminResponse {
@@ -299,9 +348,9 @@ impl Control {
             if node.is_some_and(|n| n != link.name) {
                 continue;
             }
-            let ids = self
-                .book
-                .ids_on(&link.name, |e| matches!(e.data.purpose, Purpose::Diagnostic { .. }));
+            let ids = self.book.ids_on(&link.name, |e| {
+                matches!(e.data.purpose, Purpose::Diagnostic { .. })
+            });
             for id in ids {
                 match link.call(Request::DeleteSession { session: id }).await {
                     Ok(_) => {
@@ -318,6 +367,9 @@ impl Control {
                 .with_label_values(&[&link.name])
                 .set(self.book.count_on(&link.name) as i64);
         }
-        AdminResponse::Deleted { deleted, first_error }
+        AdminResponse::Deleted {
+            deleted,
+            first_error,
+        }
     }
 }

@@ -104,7 +104,12 @@ mod tests {
             created_unix: 1,
         };
         assert_eq!(OwnerData::decode(&d.encode()), Some(d));
-        assert_eq!(OwnerData::decode("{\"v\":99,\"purpose\":{\"kind\":\"diagnostic\",\"note\":\"\"},\"created_unix\":1}"), None);
+        assert_eq!(
+            OwnerData::decode(
+                "{\"v\":99,\"purpose\":{\"kind\":\"diagnostic\",\"note\":\"\"},\"created_unix\":1}"
+            ),
+            None
+        );
         assert_eq!(OwnerData::decode("not json"), None);
         assert_eq!(OwnerData::decode(""), None);
     }

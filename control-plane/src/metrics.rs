@@ -20,32 +20,84 @@ pub struct ControlMetrics {
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
-    r.register(Box::new(c.clone())).expect("metric registered once");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
     c
 }
 
 impl ControlMetrics {
     pub fn new() -> Self {
         let r = Registry::new();
-        let process = ProcessMetrics::register(&r, "sbc-control").expect("process metrics register once");
+        let process =
+            ProcessMetrics::register(&r, "sbc-control").expect("process metrics register once");
         let gv = |name: &str, help: &str, labels: &[&str]| {
-            reg(&r, IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition"))
+            reg(
+                &r,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition"),
+            )
         };
         let cv = |name: &str, help: &str, labels: &[&str]| {
-            reg(&r, IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition"))
+            reg(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), labels)
+                    .expect("static metric definition"),
+            )
         };
-        let g = |name: &str, help: &str| reg(&r, IntGauge::new(name, help).expect("static metric definition"));
+        let g = |name: &str, help: &str| {
+            reg(
+                &r,
+                IntGauge::new(name, help).expect("static metric definition"),
+            )
+        };
         Self {
-            media_node_up: gv("sbc_media_node_up", "1 while the RPC connection to a media node is up", &["node"]),
-            media_node_connects: cv("sbc_media_node_connects_total", "RPC connection attempts to media nodes, by result", &["node", "result"]),
-            media_sessions: gv("sbc_control_media_sessions", "Media sessions this control plane owns, per media node", &["node"]),
-            sessions_adopted: cv("sbc_control_sessions_adopted_total", "Media sessions re-adopted after a (re)connect", &["node"]),
-            sessions_abandoned: cv("sbc_control_sessions_abandoned_total", "Media sessions found on a node with our owner tag but not understood; left to be reaped", &["node"]),
-            sessions_ended: cv("sbc_control_sessions_ended_total", "Media sessions the media node ended on its own, by reason", &["node", "reason"]),
-            rpc_calls: cv("sbc_control_rpc_calls_total", "RPC requests sent to media nodes, by method and result", &["node", "method", "result"]),
-            config_reloads: cv("sbc_config_reloads_total", "Configuration reloads, by result", &["result"]),
-            draining: g("sbc_control_draining", "1 while the control plane drains before exiting"),
-            work_in_progress: g("sbc_control_work_in_progress", "Units of work (requests, calls) running now"),
+            media_node_up: gv(
+                "sbc_media_node_up",
+                "1 while the RPC connection to a media node is up",
+                &["node"],
+            ),
+            media_node_connects: cv(
+                "sbc_media_node_connects_total",
+                "RPC connection attempts to media nodes, by result",
+                &["node", "result"],
+            ),
+            media_sessions: gv(
+                "sbc_control_media_sessions",
+                "Media sessions this control plane owns, per media node",
+                &["node"],
+            ),
+            sessions_adopted: cv(
+                "sbc_control_sessions_adopted_total",
+                "Media sessions re-adopted after a (re)connect",
+                &["node"],
+            ),
+            sessions_abandoned: cv(
+                "sbc_control_sessions_abandoned_total",
+                "Media sessions found on a node with our owner tag but not understood; left to be reaped",
+                &["node"],
+            ),
+            sessions_ended: cv(
+                "sbc_control_sessions_ended_total",
+                "Media sessions the media node ended on its own, by reason",
+                &["node", "reason"],
+            ),
+            rpc_calls: cv(
+                "sbc_control_rpc_calls_total",
+                "RPC requests sent to media nodes, by method and result",
+                &["node", "method", "result"],
+            ),
+            config_reloads: cv(
+                "sbc_config_reloads_total",
+                "Configuration reloads, by result",
+                &["result"],
+            ),
+            draining: g(
+                "sbc_control_draining",
+                "1 while the control plane drains before exiting",
+            ),
+            work_in_progress: g(
+                "sbc_control_work_in_progress",
+                "Units of work (requests, calls) running now",
+            ),
             process,
             registry: r,
         }

@@ -43,7 +43,7 @@ fn check_config(file: PathBuf) -> ExitCode {
     }
 }
 
-fn load(file: &PathBuf) -> Result<sbc_shared::config::MediaConfig, ExitCode> {
+fn load(file: &std::path::Path) -> Result<sbc_shared::config::MediaConfig, ExitCode> {
     match Config::load(file, Role::Media) {
         Ok(c) => Ok(c.media.expect("validated for Role::Media")),
         Err(errors) => {
@@ -95,7 +95,10 @@ fn status(file: PathBuf) -> ExitCode {
         Err(code) => return code,
     };
     let Some(unix) = cfg.rpc.unix.as_ref() else {
-        eprintln!("sbc-media status: needs media.rpc.unix in {}", file.display());
+        eprintln!(
+            "sbc-media status: needs media.rpc.unix in {}",
+            file.display()
+        );
         return ExitCode::FAILURE;
     };
     match runtime().block_on(sbc_media::status::fetch(&unix.path)) {

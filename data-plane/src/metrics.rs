@@ -23,44 +23,101 @@ pub struct MediaMetrics {
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    r.register(Box::new(c.clone())).expect("metric registered once");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
     c
 }
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    r.register(Box::new(g.clone())).expect("metric registered once");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
     g
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("static metric definition");
-    r.register(Box::new(c.clone())).expect("metric registered once");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
     c
 }
 
 impl MediaMetrics {
     pub fn new() -> Self {
         let r = Registry::new();
-        let process = ProcessMetrics::register(&r, "sbc-media").expect("process metrics register once");
+        let process =
+            ProcessMetrics::register(&r, "sbc-media").expect("process metrics register once");
         let control_connected = IntGauge::new(
             "sbc_media_control_connections",
             "Control planes connected to this media node",
         )
         .expect("static metric definition");
-        r.register(Box::new(control_connected.clone())).expect("metric registered once");
+        r.register(Box::new(control_connected.clone()))
+            .expect("metric registered once");
         Self {
-            sessions: gauge_vec(&r, "sbc_media_sessions", "Media sessions by ownership state", &["state"]),
-            sessions_created: counter(&r, "sbc_media_sessions_created_total", "Media sessions created"),
-            sessions_deleted: counter(&r, "sbc_media_sessions_deleted_total", "Media sessions deleted by their owner"),
-            sessions_adopted: counter(&r, "sbc_media_sessions_adopted_total", "Orphaned sessions adopted by a reconnected control plane"),
-            sessions_reaped: counter_vec(&r, "sbc_media_sessions_reaped_total", "Sessions ended by the media node itself, by reason", &["reason"]),
-            ports_in_use: gauge_vec(&r, "sbc_media_ports_in_use", "UDP ports held by sessions, per media interface", &["interface"]),
-            ports_free: gauge_vec(&r, "sbc_media_ports_free", "UDP ports available for new legs, per media interface", &["interface"]),
-            port_failures: counter_vec(&r, "sbc_media_port_allocation_failures_total", "Leg port allocations that failed, by interface and reason", &["interface", "reason"]),
-            rpc_connections: gauge_vec(&r, "sbc_rpc_connections", "Open RPC connections by role and transport", &["role", "transport"]),
-            rpc_closed: counter_vec(&r, "sbc_rpc_connections_closed_total", "RPC connections closed, by reason", &["reason"]),
-            rpc_requests: counter_vec(&r, "sbc_rpc_requests_total", "RPC requests handled, by method and result", &["method", "result"]),
+            sessions: gauge_vec(
+                &r,
+                "sbc_media_sessions",
+                "Media sessions by ownership state",
+                &["state"],
+            ),
+            sessions_created: counter(
+                &r,
+                "sbc_media_sessions_created_total",
+                "Media sessions created",
+            ),
+            sessions_deleted: counter(
+                &r,
+                "sbc_media_sessions_deleted_total",
+                "Media sessions deleted by their owner",
+            ),
+            sessions_adopted: counter(
+                &r,
+                "sbc_media_sessions_adopted_total",
+                "Orphaned sessions adopted by a reconnected control plane",
+            ),
+            sessions_reaped: counter_vec(
+                &r,
+                "sbc_media_sessions_reaped_total",
+                "Sessions ended by the media node itself, by reason",
+                &["reason"],
+            ),
+            ports_in_use: gauge_vec(
+                &r,
+                "sbc_media_ports_in_use",
+                "UDP ports held by sessions, per media interface",
+                &["interface"],
+            ),
+            ports_free: gauge_vec(
+                &r,
+                "sbc_media_ports_free",
+                "UDP ports available for new legs, per media interface",
+                &["interface"],
+            ),
+            port_failures: counter_vec(
+                &r,
+                "sbc_media_port_allocation_failures_total",
+                "Leg port allocations that failed, by interface and reason",
+                &["interface", "reason"],
+            ),
+            rpc_connections: gauge_vec(
+                &r,
+                "sbc_rpc_connections",
+                "Open RPC connections by role and transport",
+                &["role", "transport"],
+            ),
+            rpc_closed: counter_vec(
+                &r,
+                "sbc_rpc_connections_closed_total",
+                "RPC connections closed, by reason",
+                &["reason"],
+            ),
+            rpc_requests: counter_vec(
+                &r,
+                "sbc_rpc_requests_total",
+                "RPC requests handled, by method and result",
+                &["method", "result"],
+            ),
             control_connected,
             process,
             registry: r,

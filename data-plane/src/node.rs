@@ -14,13 +14,13 @@ use rand::RngCore;
 use sbc_shared::config::MediaConfig;
 use sbc_shared::ids::{OwnerTag, SessionId};
 use sbc_shared::rpc::msg::{
-    ErrorCode, Event, LegSpec, NodeStats, PeerRole, Request, Response, RpcError, ServerFrame,
-    MAX_LIST_PAGE, PROTOCOL_VERSION,
+    EndReason, ErrorCode, Event, LegSpec, MAX_LIST_PAGE, NodeStats, PROTOCOL_VERSION, PeerRole,
+    Request, Response, RpcError, ServerFrame,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::engine::ports::{bind_pair, BoundPair};
+use crate::engine::ports::{BoundPair, bind_pair};
 use crate::metrics::MediaMetrics;
 use crate::proto::ports::PortPool;
 use crate::proto::table::{Ended, Leg, SessionTable};
@@ -101,6 +101,12 @@ impl Node {
             metrics: MediaMetrics::new(),
             rng: rand::SeedableRng::from_os_rng(),
         };
+        // Publish every reason at zero so dashboards and alerts see the series at once.
+        for reason in [EndReason::Unclaimed, EndReason::Inactive] {
+            node.metrics
+                .sessions_reaped
+                .with_label_values(&[reason.as_str()]);
+        }
         node.refresh_gauges(now);
         node
     }
@@ -140,7 +146,9 @@ impl Node {
                     info!(owner = %peer.owner, sessions = n, "sessions orphaned until the new connection adopts them");
                 }
             }
-            self.metrics.control_connected.set(self.controllers.len() as i64);
+            self.metrics
+                .control_connected
+                .set(self.controllers.len() as i64);
         }
         self.peers.insert(id, peer);
         self.refresh_gauges(now);
@@ -169,7 +177,9 @@ impl Node {
                     "control plane gone: its sessions keep running as orphans until adopted or the grace period ends"
                 );
             }
-            self.metrics.control_connected.set(self.controllers.len() as i64);
+            self.metrics
+                .control_connected
+                .set(self.controllers.len() as i64);
         }
         self.refresh_gauges(now);
     }
@@ -184,14 +194,22 @@ impl Node {
     }
 
     /// Handle one request from connection `conn`.
-    pub fn handle_request(&mut self, now: Instant, conn: ConnId, request: Request) -> Result<Response, RpcError> {
+    pub fn handle_request(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        request: Request,
+    ) -> Result<Response, RpcError> {
         let method = request.method();
         let result = self.dispatch(now, conn, request);
         let label = match &result {
             Ok(_) => "ok",
             Err(e) => e.code.as_str(),
         };
-        self.metrics.rpc_requests.with_label_values(&[method, label]).inc();
+        self.metrics
+            .rpc_requests
+            .with_label_values(&[method, label])
+            .inc();
         self.refresh_gauges(now);
         result
     }
@@ -204,7 +222,12 @@ impl Node {
             .inc();
     }
 
-    fn dispatch(&mut self, now: Instant, conn: ConnId, request: Request) -> Result<Response, RpcError> {
+    fn dispatch(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        request: Request,
+    ) -> Result<Response, RpcError> {
         let peer = self
             .peers
             .get(&conn)
@@ -212,7 +235,10 @@ impl Node {
         if peer.role == PeerRole::Observer && !request.is_read_only() {
             return Err(RpcError::new(
                 ErrorCode::ReadOnly,
-                format!("`{}` needs a control connection; this one is an observer", request.method()),
+                format!(
+                    "`{}` needs a control connection; this one is an observer",
+                    request.method()
+                ),
             ));
         }
         let owner = peer.owner.clone();
@@ -223,11 +249,17 @@ impl Node {
                 if spec.legs.is_empty() || spec.legs.len() > MAX_LEGS {
                     return Err(RpcError::new(
                         ErrorCode::InvalidRequest,
-                        format!("a session needs 1 to {MAX_LEGS} legs, got {}", spec.legs.len()),
+                        format!(
+                            "a session needs 1 to {MAX_LEGS} legs, got {}",
+                            spec.legs.len()
+                        ),
                     ));
                 }
                 if spec.inactivity_timeout_ms == Some(0) {
-                    return Err(RpcError::new(ErrorCode::InvalidRequest, "inactivity_timeout_ms must be above 0"));
+                    return Err(RpcError::new(
+                        ErrorCode::InvalidRequest,
+                        "inactivity_timeout_ms must be above 0",
+                    ));
                 }
                 let (legs, pairs) = self.allocate_legs(&spec.legs)?;
                 let id = self.fresh_id();
@@ -241,24 +273,36 @@ impl Node {
                 );
                 self.sockets.insert(id, pairs);
                 self.metrics.sessions_created.inc();
-                Ok(Response::Session(self.table.info(now, id).expect("just inserted")))
+                Ok(Response::Session(
+                    self.table.info(now, id).expect("just inserted"),
+                ))
             }
-            Request::UpdateSession { session, update } => {
-                self.table.update(now, &owner, session, update).map(Response::Session)
-            }
+            Request::UpdateSession { session, update } => self
+                .table
+                .update(now, &owner, session, update)
+                .map(Response::Session),
             Request::DeleteSession { session } => {
                 let legs = self.table.delete(&owner, session)?;
                 let stats = legs.iter().map(|l| l.stats).collect();
                 self.free(session, &legs);
                 self.metrics.sessions_deleted.inc();
-                Ok(Response::Deleted { session, legs: stats })
+                Ok(Response::Deleted {
+                    session,
+                    legs: stats,
+                })
             }
             Request::GetSession { session } => self
                 .table
                 .info(now, session)
                 .map(Response::Session)
-                .ok_or_else(|| RpcError::new(ErrorCode::UnknownSession, format!("no session {session}"))),
-            Request::ListSessions { owner, after, limit } => {
+                .ok_or_else(|| {
+                    RpcError::new(ErrorCode::UnknownSession, format!("no session {session}"))
+                }),
+            Request::ListSessions {
+                owner,
+                after,
+                limit,
+            } => {
                 let limit = limit.clamp(1, MAX_LIST_PAGE) as usize;
                 let (sessions, next) = self.table.list(now, owner.as_ref(), after, limit);
                 Ok(Response::Sessions { sessions, next })
@@ -273,7 +317,10 @@ impl Node {
             }
             Request::Stats => Ok(Response::Stats(self.stats(now))),
             Request::Ping => Ok(Response::Pong),
-            _ => Err(RpcError::new(ErrorCode::UnknownMethod, "method not supported by this node")),
+            _ => Err(RpcError::new(
+                ErrorCode::UnknownMethod,
+                "method not supported by this node",
+            )),
         }
     }
 
@@ -328,7 +375,11 @@ impl Node {
                     .inc();
                 return Err(RpcError::new(
                     ErrorCode::PortsExhausted,
-                    format!("no free ports left on interface `{}` ({})", iface.name, iface.pool.range()),
+                    format!(
+                        "no free ports left on interface `{}` ({})",
+                        iface.name,
+                        iface.pool.range()
+                    ),
                 ));
             };
             let (rtp, rtcp) = iface.pool.ports(pair);
@@ -341,9 +392,10 @@ impl Node {
                         local_rtp: SocketAddr::new(iface.address, rtp),
                         local_rtcp: SocketAddr::new(iface.address, rtcp),
                         remote_rtp: spec.remote_rtp,
-                        remote_rtcp: spec
-                            .remote_rtcp
-                            .or_else(|| spec.remote_rtp.map(|a| SocketAddr::new(a.ip(), a.port().wrapping_add(1)))),
+                        remote_rtcp: spec.remote_rtcp.or_else(|| {
+                            spec.remote_rtp
+                                .map(|a| SocketAddr::new(a.ip(), a.port().wrapping_add(1)))
+                        }),
                         stats: Default::default(),
                     };
                     return Ok((leg, bound));
@@ -386,15 +438,28 @@ impl Node {
     /// Reap what is due; tell owners that are connected.
     pub fn handle_timeout(&mut self, now: Instant) {
         let ended = self.table.handle_timeout(now);
-        for Ended { id, owner, reason, legs } in ended {
+        for Ended {
+            id,
+            owner,
+            reason,
+            legs,
+        } in ended
+        {
             info!(session = %id, %owner, reason = reason.as_str(), "session reaped");
-            self.metrics.sessions_reaped.with_label_values(&[reason.as_str()]).inc();
+            self.metrics
+                .sessions_reaped
+                .with_label_values(&[reason.as_str()])
+                .inc();
             let stats = legs.iter().map(|l| l.stats).collect();
             self.free(id, &legs);
             if let Some(conn) = self.controllers.get(&owner) {
                 if let Some(peer) = self.peers.get(conn) {
                     let event = ServerFrame::Event {
-                        event: Event::SessionEnded { session: id, reason, legs: stats },
+                        event: Event::SessionEnded {
+                            session: id,
+                            reason,
+                            legs: stats,
+                        },
                     };
                     if peer.tx.try_send(event).is_err() {
                         warn!(%owner, "control connection is not reading its events; event dropped");
@@ -412,7 +477,8 @@ impl Node {
             software: sbc_shared::software("sbc-media"),
             node_name: self.node_name.clone(),
             protocol_version: PROTOCOL_VERSION,
-            uptime_ms: u64::try_from(now.saturating_duration_since(self.started).as_millis()).unwrap_or(u64::MAX),
+            uptime_ms: u64::try_from(now.saturating_duration_since(self.started).as_millis())
+                .unwrap_or(u64::MAX),
             sessions_owned: (self.table.len() - self.table.orphaned()) as u64,
             sessions_orphaned: self.table.orphaned() as u64,
             ports_in_use: in_use,
@@ -435,15 +501,20 @@ impl Node {
     /// Bring gauges up to date (after every change, and before each scrape).
     pub fn refresh_gauges(&self, now: Instant) {
         let m = &self.metrics;
-        m.process.set_uptime(now.saturating_duration_since(self.started));
+        m.process
+            .set_uptime(now.saturating_duration_since(self.started));
         let orphaned = self.table.orphaned() as i64;
-        m.sessions.with_label_values(&["owned"]).set(self.table.len() as i64 - orphaned);
+        m.sessions
+            .with_label_values(&["owned"])
+            .set(self.table.len() as i64 - orphaned);
         m.sessions.with_label_values(&["orphaned"]).set(orphaned);
         for i in &self.interfaces {
             let free = i.pool.free_pairs() as i64 * 2;
             let total = i.pool.total_pairs() as i64 * 2;
             m.ports_free.with_label_values(&[&i.name]).set(free);
-            m.ports_in_use.with_label_values(&[&i.name]).set(total - free);
+            m.ports_in_use
+                .with_label_values(&[&i.name])
+                .set(total - free);
         }
     }
 

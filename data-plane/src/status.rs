@@ -13,7 +13,12 @@ use sbc_shared::rpc::msg::{Hello, PROTOCOL_VERSION, PeerRole, Request, Response}
 pub async fn fetch(socket: &Path) -> anyhow::Result<String> {
     let stream = sbc_shared::rpc::unix::connect(socket)
         .await
-        .with_context(|| format!("cannot connect to {}: is sbc-media running?", socket.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot connect to {}: is sbc-media running?",
+                socket.display()
+            )
+        })?;
     let (r, w) = stream.into_split();
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
@@ -32,7 +37,11 @@ pub async fn fetch(socket: &Path) -> anyhow::Result<String> {
     let _ = writeln!(out, "control planes:      {}", s.control_connections);
     let _ = writeln!(out, "sessions owned:      {}", s.sessions_owned);
     let _ = writeln!(out, "sessions orphaned:   {}", s.sessions_orphaned);
-    let _ = writeln!(out, "ports in use / free: {} / {}", s.ports_in_use, s.ports_free);
+    let _ = writeln!(
+        out,
+        "ports in use / free: {} / {}",
+        s.ports_in_use, s.ports_free
+    );
     let _ = writeln!(out, "created total:       {}", s.sessions_created_total);
     let _ = writeln!(
         out,

@@ -52,7 +52,9 @@ fn main() -> ExitCode {
         None => match Config::load(&config, Role::Control) {
             Ok(c) => c.control.expect("validated for Role::Control").admin_socket,
             Err(e) => {
-                eprintln!("{e}\nsbcctl: cannot find the admin socket; fix the config or pass --socket");
+                eprintln!(
+                    "{e}\nsbcctl: cannot find the admin socket; fix the config or pass --socket"
+                );
                 return ExitCode::FAILURE;
             }
         },
@@ -69,7 +71,10 @@ fn main() -> ExitCode {
         }
         Ok(resp) => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&resp).expect("responses serialise"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&resp).expect("responses serialise")
+                );
             }
             match resp {
                 AdminResponse::Error { message } => {
@@ -88,11 +93,17 @@ fn main() -> ExitCode {
                     }
                     ExitCode::SUCCESS
                 }
-                AdminResponse::Created { created, first_error } => {
+                AdminResponse::Created {
+                    created,
+                    first_error,
+                } => {
                     println!("created {created} sessions");
                     report(first_error)
                 }
-                AdminResponse::Deleted { deleted, first_error } => {
+                AdminResponse::Deleted {
+                    deleted,
+                    first_error,
+                } => {
                     println!("deleted {deleted} sessions");
                     report(first_error)
                 }
@@ -123,20 +134,27 @@ fn parse_command(args: &[String]) -> Result<AdminRequest, String> {
         ["status"] => Ok(AdminRequest::Status),
         ["reload"] => Ok(AdminRequest::Reload),
         ["sessions", "create", n, ..] => Ok(AdminRequest::CreateSessions {
-            count: n.parse().map_err(|_| format!("`{n}` is not a number of sessions"))?,
+            count: n
+                .parse()
+                .map_err(|_| format!("`{n}` is not a number of sessions"))?,
             node: flag("--node"),
             interface: flag("--interface"),
         }),
-        ["sessions", "delete", ..] => Ok(AdminRequest::DeleteSessions { node: flag("--node") }),
+        ["sessions", "delete", ..] => Ok(AdminRequest::DeleteSessions {
+            node: flag("--node"),
+        }),
         [] => Err("no command given".into()),
         other => Err(format!("unknown command `{}`", other.join(" "))),
     }
 }
 
 async fn ask(socket: &PathBuf, request: &AdminRequest) -> Result<AdminResponse, String> {
-    let stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .map_err(|e| format!("cannot connect to {}: {e} (is sbc-control running?)", socket.display()))?;
+    let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
+        format!(
+            "cannot connect to {}: {e} (is sbc-control running?)",
+            socket.display()
+        )
+    })?;
     let (r, w) = stream.into_split();
     let mut writer = FrameWriter::new(w);
     let mut reader = FrameReader::new(r, DEFAULT_MAX_FRAME_LEN, Duration::from_secs(30));

@@ -15,7 +15,7 @@ use sbc_shared::config::{MediaNodeConfig, RpcClientConfig};
 use sbc_shared::ids::{OwnerTag, SessionId};
 use sbc_shared::rpc::client::{CallError, ConnectError, RpcClient};
 use sbc_shared::rpc::msg::{
-    Event, Hello, PROTOCOL_VERSION, PeerRole, Request, Response, MAX_LIST_PAGE,
+    Event, Hello, MAX_LIST_PAGE, PROTOCOL_VERSION, PeerRole, Request, Response,
 };
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -40,7 +40,10 @@ pub struct MediaLink {
 
 impl MediaLink {
     fn client(&self) -> Option<Arc<RpcClient>> {
-        self.client.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn is_connected(&self) -> bool {
@@ -48,16 +51,24 @@ impl MediaLink {
     }
 
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The node's media interfaces, from its last hello.
     pub fn interfaces(&self) -> Vec<String> {
-        self.client().map(|c| c.server().interfaces.clone()).unwrap_or_default()
+        self.client()
+            .map(|c| c.server().interfaces.clone())
+            .unwrap_or_default()
     }
 
     pub fn server(&self) -> Option<String> {
-        self.server.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Send a request to this node; fails at once while it is disconnected.
@@ -94,7 +105,10 @@ pub fn start(
     book: Arc<SessionBook>,
     metrics: ControlMetrics,
 ) -> (Arc<MediaLink>, tokio::task::JoinHandle<()>) {
-    metrics.media_node_up.with_label_values(&[&node.name]).set(0);
+    metrics
+        .media_node_up
+        .with_label_values(&[&node.name])
+        .set(0);
     let link = Arc::new(MediaLink {
         name: node.name.clone(),
         client: Mutex::new(None),
@@ -122,7 +136,8 @@ async fn connect(
     }
     let Some(quic) = &node.quic else {
         return Err(ConnectError::Transport(
-            "media node has neither `unix` nor `quic` (config validation should have refused this)".into(),
+            "media node has neither `unix` nor `quic` (config validation should have refused this)"
+                .into(),
         ));
     };
     if quic_endpoint.is_none() {
@@ -171,7 +186,10 @@ async fn run_link(
         };
         match connect(&node, hello, &rpc, &mut quic_endpoint).await {
             Ok((client, mut events)) => {
-                metrics.media_node_connects.with_label_values(&[&node.name, "ok"]).inc();
+                metrics
+                    .media_node_connects
+                    .with_label_values(&[&node.name, "ok"])
+                    .inc();
                 let server = client.server().clone();
                 info!(node = %node.name, media = %server.software, node_name = %server.node_name, "connected to media node");
                 *link.server.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -179,7 +197,10 @@ async fn run_link(
                 *link.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 let client = Arc::new(client);
                 *link.client.lock().unwrap_or_else(|e| e.into_inner()) = Some(client.clone());
-                metrics.media_node_up.with_label_values(&[&node.name]).set(1);
+                metrics
+                    .media_node_up
+                    .with_label_values(&[&node.name])
+                    .set(1);
                 backoff = MIN_BACKOFF;
                 failures_logged = 0;
 
@@ -195,7 +216,10 @@ async fn run_link(
                     handle_event(&link, &book, event);
                 }
                 *link.client.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                metrics.media_node_up.with_label_values(&[&node.name]).set(0);
+                metrics
+                    .media_node_up
+                    .with_label_values(&[&node.name])
+                    .set(0);
                 warn!(node = %node.name, "RPC connection to media node lost; media keeps flowing there, reconnecting");
             }
             Err(e) => {
@@ -204,7 +228,10 @@ async fn run_link(
                     ConnectError::Rejected { .. } => ("rejected", true),
                     _ => ("failed", false),
                 };
-                metrics.media_node_connects.with_label_values(&[&node.name, label]).inc();
+                metrics
+                    .media_node_connects
+                    .with_label_values(&[&node.name, label])
+                    .inc();
                 let text = e.to_string();
                 if fatal_looking {
                     error!(node = %node.name, error = %text, "media node refused this control plane");
@@ -223,7 +250,9 @@ async fn run_link(
 
 fn handle_event(link: &MediaLink, book: &SessionBook, event: Event) {
     match event {
-        Event::SessionEnded { session, reason, .. } => {
+        Event::SessionEnded {
+            session, reason, ..
+        } => {
             book.remove(session);
             link.metrics
                 .sessions_ended
@@ -284,14 +313,26 @@ async fn readopt(link: &MediaLink, owner: &OwnerTag, book: &SessionBook) -> Resu
         };
         for (id, data) in chunk {
             if adopted.contains(id) {
-                book.insert(*id, Entry { node: link.name.clone(), data: data.clone() });
+                book.insert(
+                    *id,
+                    Entry {
+                        node: link.name.clone(),
+                        data: data.clone(),
+                    },
+                );
             }
         }
         adopted_total += adopted.len() as u64;
         abandoned += refused.len() as u64;
     }
-    link.metrics.sessions_adopted.with_label_values(&[&link.name]).inc_by(adopted_total);
-    link.metrics.sessions_abandoned.with_label_values(&[&link.name]).inc_by(abandoned);
+    link.metrics
+        .sessions_adopted
+        .with_label_values(&[&link.name])
+        .inc_by(adopted_total);
+    link.metrics
+        .sessions_abandoned
+        .with_label_values(&[&link.name])
+        .inc_by(abandoned);
     info!(node = %link.name, adopted = adopted_total, abandoned, "re-adopted media sessions");
     Ok(())
 }

@@ -18,9 +18,19 @@ pub async fn run(config_path: PathBuf, cfg: ControlConfig) -> anyhow::Result<()>
     // Bind everything first: a taken port or path fails here, clearly.
     let metrics_listener = TcpListener::bind(cfg.metrics.listen)
         .await
-        .with_context(|| format!("control.metrics.listen: cannot listen on {}", cfg.metrics.listen))?;
+        .with_context(|| {
+            format!(
+                "control.metrics.listen: cannot listen on {}",
+                cfg.metrics.listen
+            )
+        })?;
     let admin_listener = sbc_shared::rpc::unix::bind(&cfg.admin_socket, cfg.admin_socket_mode.0)
-        .with_context(|| format!("control.admin_socket: cannot listen on {}", cfg.admin_socket.display()))?;
+        .with_context(|| {
+            format!(
+                "control.admin_socket: cannot listen on {}",
+                cfg.admin_socket.display()
+            )
+        })?;
     let mut hup = signal(SignalKind::hangup()).context("installing a SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
@@ -58,10 +68,20 @@ pub async fn run(config_path: PathBuf, cfg: ControlConfig) -> anyhow::Result<()>
     let drain = control.config().drain_timeout.0;
     let running = control.work.running();
     if running > 0 {
-        info!(running, drain_s = drain.as_secs(), "waiting for running work to finish");
+        info!(
+            running,
+            drain_s = drain.as_secs(),
+            "waiting for running work to finish"
+        );
     }
-    if tokio::time::timeout(drain, control.work.idle()).await.is_err() {
-        warn!(still_running = control.work.running(), "drain time over; exiting anyway");
+    if tokio::time::timeout(drain, control.work.idle())
+        .await
+        .is_err()
+    {
+        warn!(
+            still_running = control.work.running(),
+            "drain time over; exiting anyway"
+        );
     }
     admin_task.abort();
     metrics_task.abort();

@@ -11,8 +11,7 @@ use std::time::Duration;
 use sbc_shared::ids::OwnerTag;
 use sbc_shared::rpc::codec::{ClientInput, decode_client, is_known_method};
 use sbc_shared::rpc::msg::{
-    ClientFrame, ErrorCode, Hello, HelloAck, HelloReject, PROTOCOL_VERSION, RpcError,
-    ServerFrame,
+    ClientFrame, ErrorCode, Hello, HelloAck, HelloReject, PROTOCOL_VERSION, RpcError, ServerFrame,
 };
 use sbc_shared::rpc::stream::{FrameReader, FrameWriter};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -71,7 +70,12 @@ pub async fn serve_connection<R, W>(
         Err(_) => return refuse(&node, &peer_desc, "hello_timeout", "no hello within 10s"),
         Ok(Err(e)) => return refuse(&node, &peer_desc, e.reason(), &e.to_string()),
         Ok(Ok(None)) => {
-            return refuse(&node, &peer_desc, "closed_before_hello", "closed before hello");
+            return refuse(
+                &node,
+                &peer_desc,
+                "closed_before_hello",
+                "closed before hello",
+            );
         }
         Ok(Ok(Some(frame))) => frame,
     };

@@ -24,7 +24,12 @@ pub async fn run(cfg: MediaConfig, shutdown: impl Future<Output = ()>) -> anyhow
 
     let metrics_listener = TcpListener::bind(cfg.metrics.listen)
         .await
-        .with_context(|| format!("media.metrics.listen: cannot listen on {}", cfg.metrics.listen))?;
+        .with_context(|| {
+            format!(
+                "media.metrics.listen: cannot listen on {}",
+                cfg.metrics.listen
+            )
+        })?;
     let mut tasks = tokio::task::JoinSet::new();
     {
         let node = node.clone();
@@ -39,7 +44,10 @@ pub async fn run(cfg: MediaConfig, shutdown: impl Future<Output = ()>) -> anyhow
 
     if let Some(unix) = &cfg.rpc.unix {
         let listener = sbc_shared::rpc::unix::bind(&unix.path, unix.mode.0).with_context(|| {
-            format!("media.rpc.unix.path: cannot listen on {}", unix.path.display())
+            format!(
+                "media.rpc.unix.path: cannot listen on {}",
+                unix.path.display()
+            )
         })?;
         info!(path = %unix.path.display(), mode = format!("{:04o}", unix.mode.0), "RPC listening on Unix socket");
         let node = node.clone();

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use sbc_shared::ids::{LegId, OwnerTag, SessionId};
 use sbc_shared::rpc::msg::{
-    EndReason, ErrorCode, LegInfo, LegStats, LegUpdate, RpcError, SessionInfo, SessionState,
-    SessionUpdate, MAX_OWNER_DATA_LEN,
+    EndReason, ErrorCode, LegInfo, LegStats, LegUpdate, MAX_OWNER_DATA_LEN, RpcError, SessionInfo,
+    SessionState, SessionUpdate,
 };
 
 use super::ports::PairIndex;
@@ -111,7 +111,10 @@ impl SessionTable {
         if self.sessions.len() >= self.max_sessions {
             return Err(RpcError::new(
                 ErrorCode::TooManySessions,
-                format!("this node holds its maximum of {} sessions", self.max_sessions),
+                format!(
+                    "this node holds its maximum of {} sessions",
+                    self.max_sessions
+                ),
             ));
         }
         Ok(())
@@ -209,9 +212,10 @@ impl SessionTable {
     }
 
     fn owned_mut(&mut self, owner: &OwnerTag, id: SessionId) -> Result<&mut Session, RpcError> {
-        let s = self.sessions.get_mut(&id).ok_or_else(|| {
-            RpcError::new(ErrorCode::UnknownSession, format!("no session {id}"))
-        })?;
+        let s = self
+            .sessions
+            .get_mut(&id)
+            .ok_or_else(|| RpcError::new(ErrorCode::UnknownSession, format!("no session {id}")))?;
         if &s.owner != owner {
             return Err(RpcError::new(
                 ErrorCode::NotOwner,
@@ -242,7 +246,11 @@ impl SessionTable {
     }
 
     /// Adopt sessions for `owner`. Sessions of other owners, or gone, are refused.
-    pub fn adopt(&mut self, owner: &OwnerTag, ids: &[SessionId]) -> (Vec<SessionId>, Vec<SessionId>) {
+    pub fn adopt(
+        &mut self,
+        owner: &OwnerTag,
+        ids: &[SessionId],
+    ) -> (Vec<SessionId>, Vec<SessionId>) {
         let mut adopted = Vec::new();
         let mut refused = Vec::new();
         for &id in ids {
@@ -424,11 +432,18 @@ mod tests {
 
     #[test]
     fn orphans_are_reaped_after_grace_unless_adopted() {
-        let t0 = Instant::now();
+        let t0 = crate::clock::now(); // a base instant; time is then driven by hand
         let mut t = table();
         let a: OwnerTag = "ctl-a".into();
         for i in 0..4 {
-            t.insert(t0, SessionId(i), a.clone(), format!("{i}"), None, vec![leg(40000)]);
+            t.insert(
+                t0,
+                SessionId(i),
+                a.clone(),
+                format!("{i}"),
+                None,
+                vec![leg(40000)],
+            );
         }
         assert_eq!(t.owner_disconnected(t0 + Duration::from_secs(1), &a), 4);
         assert_eq!(t.orphaned(), 4);
@@ -442,7 +457,10 @@ mod tests {
         let ids: Vec<_> = ended.iter().map(|e| (e.id, e.reason)).collect();
         assert_eq!(
             ids,
-            vec![(SessionId(2), EndReason::Unclaimed), (SessionId(3), EndReason::Unclaimed)]
+            vec![
+                (SessionId(2), EndReason::Unclaimed),
+                (SessionId(3), EndReason::Unclaimed)
+            ]
         );
         assert_eq!(t.len(), 2);
         assert_eq!(t.orphaned(), 0);
@@ -452,30 +470,62 @@ mod tests {
 
     #[test]
     fn another_owner_cannot_adopt_delete_or_update() {
-        let t0 = Instant::now();
+        let t0 = crate::clock::now(); // a base instant; time is then driven by hand
         let mut t = table();
-        t.insert(t0, SessionId(1), "ctl-a".into(), String::new(), None, vec![leg(40000)]);
+        t.insert(
+            t0,
+            SessionId(1),
+            "ctl-a".into(),
+            String::new(),
+            None,
+            vec![leg(40000)],
+        );
         let b: OwnerTag = "ctl-b".into();
         assert_eq!(t.adopt(&b, &[SessionId(1)]).1, vec![SessionId(1)]);
-        assert_eq!(t.delete(&b, SessionId(1)).unwrap_err().code, ErrorCode::NotOwner);
         assert_eq!(
-            t.update(t0, &b, SessionId(1), SessionUpdate::default()).unwrap_err().code,
+            t.delete(&b, SessionId(1)).unwrap_err().code,
             ErrorCode::NotOwner
         );
-        assert_eq!(t.delete(&b, SessionId(7)).unwrap_err().code, ErrorCode::UnknownSession);
+        assert_eq!(
+            t.update(t0, &b, SessionId(1), SessionUpdate::default())
+                .unwrap_err()
+                .code,
+            ErrorCode::NotOwner
+        );
+        assert_eq!(
+            t.delete(&b, SessionId(7)).unwrap_err().code,
+            ErrorCode::UnknownSession
+        );
     }
 
     #[test]
     fn inactivity_reaps_even_owned_sessions_and_touch_defers_it() {
-        let t0 = Instant::now();
+        let t0 = crate::clock::now(); // a base instant; time is then driven by hand
         let mut t = table();
         let a: OwnerTag = "a".into();
-        t.insert(t0, SessionId(1), a.clone(), String::new(), Some(Duration::from_secs(5)), vec![leg(40000)]);
-        t.insert(t0, SessionId(2), a.clone(), String::new(), Some(Duration::from_secs(5)), vec![leg(40002)]);
+        t.insert(
+            t0,
+            SessionId(1),
+            a.clone(),
+            String::new(),
+            Some(Duration::from_secs(5)),
+            vec![leg(40000)],
+        );
+        t.insert(
+            t0,
+            SessionId(2),
+            a.clone(),
+            String::new(),
+            Some(Duration::from_secs(5)),
+            vec![leg(40002)],
+        );
         t.touch(t0 + Duration::from_secs(4), SessionId(2));
         let ended = t.handle_timeout(t0 + Duration::from_secs(5));
         assert_eq!(ended.len(), 1);
-        assert_eq!((ended[0].id, ended[0].reason), (SessionId(1), EndReason::Inactive));
+        assert_eq!(
+            (ended[0].id, ended[0].reason),
+            (SessionId(1), EndReason::Inactive)
+        );
         assert_eq!(ended[0].legs.len(), 1, "ports are handed back for freeing");
         assert!(t.poll_timeout().is_some());
         let ended = t.handle_timeout(t0 + Duration::from_secs(9));
@@ -485,12 +535,22 @@ mod tests {
 
     #[test]
     fn orphaned_sessions_refuse_changes_until_adopted() {
-        let t0 = Instant::now();
+        let t0 = crate::clock::now(); // a base instant; time is then driven by hand
         let mut t = table();
         let a: OwnerTag = "a".into();
-        t.insert(t0, SessionId(1), a.clone(), String::new(), None, vec![leg(40000)]);
+        t.insert(
+            t0,
+            SessionId(1),
+            a.clone(),
+            String::new(),
+            None,
+            vec![leg(40000)],
+        );
         t.owner_disconnected(t0, &a);
-        assert_eq!(t.delete(&a, SessionId(1)).unwrap_err().code, ErrorCode::NotOwner);
+        assert_eq!(
+            t.delete(&a, SessionId(1)).unwrap_err().code,
+            ErrorCode::NotOwner
+        );
         t.adopt(&a, &[SessionId(1)]);
         assert_eq!(t.delete(&a, SessionId(1)).unwrap().len(), 1);
         assert!(t.is_empty());
@@ -498,7 +558,7 @@ mod tests {
 
     #[test]
     fn list_pages_by_id_and_filters_by_owner() {
-        let t0 = Instant::now();
+        let t0 = crate::clock::now(); // a base instant; time is then driven by hand
         let mut t = table();
         for i in 0..7 {
             let owner = if i % 2 == 0 { "a" } else { "b" };
@@ -516,10 +576,13 @@ mod tests {
 
     #[test]
     fn capacity_is_enforced() {
-        let t0 = Instant::now();
+        let t0 = crate::clock::now(); // a base instant; time is then driven by hand
         let mut t = SessionTable::new(Duration::from_secs(1), Duration::from_secs(60), 1);
         assert!(t.check_capacity().is_ok());
         t.insert(t0, SessionId(1), "a".into(), String::new(), None, vec![]);
-        assert_eq!(t.check_capacity().unwrap_err().code, ErrorCode::TooManySessions);
+        assert_eq!(
+            t.check_capacity().unwrap_err().code,
+            ErrorCode::TooManySessions
+        );
     }
 }

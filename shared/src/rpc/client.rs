@@ -15,15 +15,17 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{DEFAULT_MAX_FRAME_LEN, FrameError, decode};
 use super::msg::{
-    ClientFrame, Event, Hello, HelloAck, PROTOCOL_VERSION, Request, Response, RpcError,
-    RpcResult, ServerFrame,
+    ClientFrame, Event, Hello, HelloAck, PROTOCOL_VERSION, Request, Response, RpcError, RpcResult,
+    ServerFrame,
 };
 use super::stream::{FrameReader, FrameWriter, ReadError};
 
 /// Why a connection could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("media node refused the connection: {reason} (it speaks RPC protocol version {server_version})")]
+    #[error(
+        "media node refused the connection: {reason} (it speaks RPC protocol version {server_version})"
+    )]
     Rejected { reason: String, server_version: u16 },
     #[error(
         "RPC protocol version mismatch: media node `{node}` ({software}) speaks version {theirs}, this side speaks version {PROTOCOL_VERSION}; upgrade the older side"
@@ -75,7 +77,9 @@ pub struct RpcClient {
 
 impl std::fmt::Debug for RpcClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RpcClient").field("ack", &self.ack).finish_non_exhaustive()
+        f.debug_struct("RpcClient")
+            .field("ack", &self.ack)
+            .finish_non_exhaustive()
     }
 }
 

@@ -41,7 +41,8 @@ impl FrameError {
 /// Serialise a message into one frame (prefix + JSON).
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     let mut out = vec![0; HEADER_LEN];
-    serde_json::to_writer(&mut out, msg).expect("RPC messages always serialise: no maps with non-string keys");
+    serde_json::to_writer(&mut out, msg)
+        .expect("RPC messages always serialise: no maps with non-string keys");
     let len = u32::try_from(out.len() - HEADER_LEN).expect("RPC messages are far below 4 GiB");
     out[..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
     out
@@ -59,7 +60,10 @@ pub enum ClientInput {
     /// A request frame whose id we could read but whose body we do not understand
     /// (an unknown method from a newer client, or bad fields): answer it with an error,
     /// keep the connection.
-    BadRequest { id: u64, error: String },
+    BadRequest {
+        id: u64,
+        error: String,
+    },
 }
 
 /// Decode a client frame, telling a bad request (answerable) from garbage (fatal).
@@ -184,8 +188,14 @@ mod tests {
 
     #[test]
     fn frames_split_anywhere_reassemble() {
-        let a = encode(&ClientFrame::Request { id: 1, request: Request::Ping });
-        let b = encode(&ClientFrame::Request { id: 2, request: Request::Stats });
+        let a = encode(&ClientFrame::Request {
+            id: 1,
+            request: Request::Ping,
+        });
+        let b = encode(&ClientFrame::Request {
+            id: 2,
+            request: Request::Stats,
+        });
         let stream: Vec<u8> = a.iter().chain(b.iter()).copied().collect();
         for split in 0..stream.len() {
             let mut dec = FrameDecoder::new(1024);

@@ -62,13 +62,8 @@ pub enum ClientFrame {
 pub enum ServerFrame {
     HelloAck(HelloAck),
     HelloReject(HelloReject),
-    Response {
-        id: u64,
-        result: RpcResult,
-    },
-    Event {
-        event: Event,
-    },
+    Response { id: u64, result: RpcResult },
+    Event { event: Event },
 }
 
 /// The server accepted the hello.
@@ -475,7 +470,10 @@ mod tests {
             result: RpcResult::Error(RpcError::new(ErrorCode::PortsExhausted, "no ports")),
         };
         let json = serde_json::to_string(&resp).unwrap();
-        assert!(json.contains(r#""error":{"code":"ports_exhausted""#), "{json}");
+        assert!(
+            json.contains(r#""error":{"code":"ports_exhausted""#),
+            "{json}"
+        );
         assert_eq!(serde_json::from_str::<ServerFrame>(&json).unwrap(), resp);
     }
 
