@@ -12,7 +12,7 @@
 //!    transport per media node, ...). Its errors carry a key path; the line and column
 //!    come from a YAML event index built over the same text ([`locate`]).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, btree_map};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -82,6 +82,7 @@ pub struct MediaNodeConfig {
 #[serde(deny_unknown_fields)]
 pub struct QuicClientConfig {
     /// The media node's RPC address, e.g. `10.0.0.5:7400`.
+    #[serde(deserialize_with = "de_socket_addr")]
     pub address: SocketAddr,
     /// The name in the media node's certificate.
     pub server_name: String,
@@ -164,6 +165,7 @@ pub struct MediaRpcConfig {
     pub max_connections: u32,
 }
 
+/// A Unix socket listener.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnixListenConfig {
@@ -179,6 +181,7 @@ pub struct UnixListenConfig {
 #[serde(deny_unknown_fields)]
 pub struct QuicServerConfig {
     /// UDP address to listen on, e.g. `0.0.0.0:7400`.
+    #[serde(deserialize_with = "de_socket_addr")]
     pub listen: SocketAddr,
     /// PEM file of the CA that signs control planes' client certificates.
     pub ca: PathBuf,
@@ -195,9 +198,10 @@ pub struct MediaInterfaceConfig {
     /// Name used by the control plane when it asks for a leg; unique.
     pub name: String,
     /// Local address to bind media sockets to (IPv4 or IPv6).
+    #[serde(deserialize_with = "de_ip_addr")]
     pub address: IpAddr,
     /// Address to put in SDP if it differs from `address` (1:1 NAT).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_opt_ip_addr")]
     pub advertise: Option<IpAddr>,
     /// Port range, e.g. `"30000-39999"`: RTP on even ports, RTCP on the next odd one.
     pub ports: PortRange,
@@ -239,6 +243,7 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Address for the HTTP listener serving `/metrics`.
+    #[serde(deserialize_with = "de_socket_addr")]
     pub listen: SocketAddr,
 }
 
@@ -289,26 +294,90 @@ fn default_log_level() -> String {
     "info".to_owned()
 }
 
+/// Deserialises a YAML scalar through `parse`, so that serde_yaml places a mistake at the
+/// value itself (an error raised after `String::deserialize` returns is placed at the
+/// enclosing mapping instead). `parse` returns what was expected, e.g. "a duration
+/// such as `30s`, got `x`"; the message becomes "expected …".
+struct ParseVisitor<T> {
+    expecting: &'static str,
+    parse: fn(&str) -> Result<T, String>,
+}
+
+impl<T> serde::de::Visitor<'_> for ParseVisitor<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+        (self.parse)(v).map_err(|e| E::custom(format!("expected {e}")))
+    }
+}
+
+fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.trim().parse().map_err(|_| {
+        format!(
+            "an IP address and port such as `192.0.2.10:7400` or `[2001:db8::10]:7400` \
+             (no host names; port 0 to 65535), got `{s}`"
+        )
+    })
+}
+
+fn parse_ip_addr(s: &str) -> Result<IpAddr, String> {
+    s.trim().parse().map_err(|_| {
+        format!(
+            "an IPv4 or IPv6 address such as `192.0.2.10` or `2001:db8::10` (no host names, no port), got `{s}`"
+        )
+    })
+}
+
+fn de_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    d.deserialize_str(ParseVisitor {
+        expecting: "an IP address and port such as `192.0.2.10:7400`",
+        parse: parse_socket_addr,
+    })
+}
+
+fn de_ip_addr<'de, D: Deserializer<'de>>(d: D) -> Result<IpAddr, D::Error> {
+    d.deserialize_str(ParseVisitor {
+        expecting: "an IPv4 or IPv6 address such as `192.0.2.10`",
+        parse: parse_ip_addr,
+    })
+}
+
+fn de_opt_ip_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<IpAddr>, D::Error> {
+    struct Ip(IpAddr);
+    impl<'de> Deserialize<'de> for Ip {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            de_ip_addr(d).map(Ip)
+        }
+    }
+    Ok(Option::<Ip>::deserialize(d)?.map(|ip| ip.0))
+}
+
 /// A duration written with a unit: `500ms`, `30s`, `2m`, `1h`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
 
 impl HumanDuration {
+    /// Parse `500ms`, `30s`, `2m` or `1h` (a whole number, then the unit; a space between
+    /// them is allowed). The error says what was expected and what was found.
     pub fn parse(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let split = s
-            .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(|| format!("a duration with a unit such as `30s`, `500ms` or `2m`, got `{s}`"))?;
+        let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| {
+            format!("a duration with a unit such as `30s`, `500ms` or `2m`, got `{s}`")
+        })?;
         let (num, unit) = s.split_at(split);
         let n: u64 = num
             .parse()
             .map_err(|_| format!("a duration such as `30s`, `500ms` or `2m`, got `{s}`"))?;
-        let d = match unit {
+        let d = match unit.trim() {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
             "m" => Duration::from_secs(n.saturating_mul(60)),
             "h" => Duration::from_secs(n.saturating_mul(3600)),
-            _ => {
+            unit => {
                 return Err(format!(
                     "a duration unit of `ms`, `s`, `m` or `h`, got `{unit}` in `{s}`"
                 ));
@@ -331,8 +400,10 @@ impl fmt::Display for HumanDuration {
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Self::parse(&s).map_err(|e| serde::de::Error::custom(format!("expected {e}")))
+        d.deserialize_str(ParseVisitor {
+            expecting: "a duration such as `30s`, `500ms` or `2m`",
+            parse: Self::parse,
+        })
     }
 }
 
@@ -350,22 +421,39 @@ pub struct PortRange {
 }
 
 impl PortRange {
+    /// Parse `"LOW-HIGH"`. The error says what was expected, what was found and, when
+    /// both numbers parse, which rule they break.
     pub fn parse(s: &str) -> Result<Self, String> {
         let want = "a port range `LOW-HIGH` such as `30000-39999` (LOW even, 1024 ≤ LOW < HIGH)";
         let (lo, hi) = s
             .split_once('-')
             .ok_or_else(|| format!("{want}, got `{s}`"))?;
-        let low: u16 = lo.trim().parse().map_err(|_| format!("{want}, got `{s}`"))?;
-        let high: u16 = hi.trim().parse().map_err(|_| format!("{want}, got `{s}`"))?;
-        if low < 1024 || low >= high || low % 2 != 0 {
-            return Err(format!("{want}, got `{s}`"));
+        let low: u16 = lo
+            .trim()
+            .parse()
+            .map_err(|_| format!("{want}, got `{s}`"))?;
+        let high: u16 = hi
+            .trim()
+            .parse()
+            .map_err(|_| format!("{want}, got `{s}`"))?;
+        let broken = if low < 1024 {
+            Some("LOW is below 1024")
+        } else if low >= high {
+            Some("LOW is not below HIGH")
+        } else if low % 2 != 0 {
+            Some("LOW is odd, but RTP takes the even port of each pair")
+        } else {
+            None
+        };
+        match broken {
+            Some(why) => Err(format!("{want}, got `{s}`: {why}")),
+            None => Ok(Self { low, high }),
         }
-        Ok(Self { low, high })
     }
 
     /// Number of RTP/RTCP pairs (even port + next odd) in the range.
     pub fn pairs(&self) -> u32 {
-        (u32::from(self.high) - u32::from(self.low) + 1) / 2
+        (u32::from(self.high) - u32::from(self.low)).div_ceil(2)
     }
 }
 
@@ -377,8 +465,10 @@ impl fmt::Display for PortRange {
 
 impl<'de> Deserialize<'de> for PortRange {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Self::parse(&s).map_err(|e| serde::de::Error::custom(format!("expected {e}")))
+        d.deserialize_str(ParseVisitor {
+            expecting: "a port range such as `30000-39999`",
+            parse: Self::parse,
+        })
     }
 }
 
@@ -392,15 +482,27 @@ impl Serialize for PortRange {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FileMode(pub u32);
 
+impl FileMode {
+    /// Parse octal permission bits: `"0660"`, `"660"` or `"0o660"`, at most `0777`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let digits = s.trim();
+        let digits = digits.strip_prefix("0o").unwrap_or(digits);
+        let octal = !digits.is_empty() && digits.bytes().all(|b| (b'0'..=b'7').contains(&b));
+        match u32::from_str_radix(digits, 8) {
+            Ok(m) if octal && m <= 0o777 => Ok(Self(m)),
+            _ => Err(format!(
+                "permission bits as an octal string such as \"0660\" (quoted; at most 0777), got `{s}`"
+            )),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for FileMode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        match u32::from_str_radix(s.trim_start_matches("0o"), 8) {
-            Ok(m) if m <= 0o777 => Ok(Self(m)),
-            _ => Err(serde::de::Error::custom(format!(
-                "expected permission bits as an octal string such as \"0660\", got `{s}`"
-            ))),
-        }
+        d.deserialize_str(ParseVisitor {
+            expecting: "permission bits as an octal string such as \"0660\"",
+            parse: Self::parse,
+        })
     }
 }
 
@@ -482,18 +584,14 @@ impl Config {
         let config: Config = match serde_path_to_error::deserialize(de) {
             Ok(c) => c,
             Err(e) => {
-                let key = display_path(&e.path().to_string());
-                let inner = e.into_inner();
-                let (line, column) = match inner.location() {
-                    Some(loc) => (Some(loc.line()), Some(loc.column())),
-                    None => locate(text, &key).map_or((None, None), |(l, c)| (Some(l), Some(c))),
-                };
+                let index = PathIndex::build(text);
+                let (key, place, problem) = describe_serde_error(e, &index);
                 return Err(ConfigErrors(vec![ConfigError {
                     file: file.to_owned(),
-                    line,
-                    column,
+                    line: place.map(|(l, _)| l),
+                    column: place.map(|(_, c)| c),
                     key,
-                    problem: tidy_serde_message(&inner.to_string()),
+                    problem,
                 }]));
             }
         };
@@ -501,22 +599,23 @@ impl Config {
         if problems.is_empty() {
             return Ok(config);
         }
-        Err(ConfigErrors(
-            problems
-                .into_iter()
-                .map(|(key, problem)| {
-                    let (line, column) =
-                        locate(text, &key).map_or((Some(1), Some(1)), |(l, c)| (Some(l), Some(c)));
-                    ConfigError {
-                        file: file.to_owned(),
-                        line,
-                        column,
-                        key,
-                        problem,
-                    }
-                })
-                .collect(),
-        ))
+        let index = PathIndex::build(text);
+        let mut errors: Vec<ConfigError> = problems
+            .into_iter()
+            .map(|(key, problem)| {
+                let (line, column) = index.locate(&key).unwrap_or((1, 1));
+                ConfigError {
+                    file: file.to_owned(),
+                    line: Some(line),
+                    column: Some(column),
+                    key,
+                    problem,
+                }
+            })
+            .collect();
+        // In the order an operator reads the file (the sort is stable: same place, rule order).
+        errors.sort_by_key(|e| (e.line, e.column));
+        Err(ConfigErrors(errors))
     }
 
     /// Rules that span keys. Returns `(key path, problem)` pairs; empty when valid.
@@ -556,9 +655,7 @@ fn check_name(key: String, name: &str, out: &mut Vec<(String, String)>) {
     if !ok {
         out.push((
             key,
-            format!(
-                "expected 1 to 64 letters, digits, `.`, `_` or `-`, got `{name}`"
-            ),
+            format!("expected 1 to 64 letters, digits, `.`, `_` or `-`, got `{name}`"),
         ));
     }
 }
@@ -566,7 +663,10 @@ fn check_name(key: String, name: &str, out: &mut Vec<(String, String)>) {
 fn check_log(key: &str, log: &LogConfig, out: &mut Vec<(String, String)>) {
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
     for directive in log.level.split(',') {
-        let level = directive.rsplit_once('=').map_or(directive, |(_, l)| l).trim();
+        let level = directive
+            .rsplit_once('=')
+            .map_or(directive, |(_, l)| l)
+            .trim();
         if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
             out.push((
                 format!("{key}.log.level"),
@@ -634,7 +734,10 @@ impl MediaConfig {
         if self.rpc.max_frame_len < 64 * 1024 {
             out.push((
                 format!("{key}.rpc.max_frame_len"),
-                format!("expected at least 65536 bytes, got {}", self.rpc.max_frame_len),
+                format!(
+                    "expected at least 65536 bytes, got {}",
+                    self.rpc.max_frame_len
+                ),
             ));
         }
         if self.interfaces.is_empty() {
@@ -688,89 +791,203 @@ impl MediaConfig {
     }
 }
 
-/// serde_path_to_error prints `.` for the root and `a.b[0]` otherwise.
-fn display_path(p: &str) -> String {
-    if p.is_empty() { ".".into() } else { p.to_owned() }
+/// Key path, place and problem of a deserialisation error.
+///
+/// serde_yaml places most mistakes well (a bad value at the value, an unknown key at the
+/// key, a syntax error where the parser stopped), but a missing or repeated key at the
+/// start of the enclosing mapping, under the mapping's path. Those two get the key's own
+/// path, and the place of the mapping's key (missing) or of the second occurrence
+/// (repeated).
+fn describe_serde_error(
+    e: serde_path_to_error::Error<serde_yaml::Error>,
+    index: &PathIndex,
+) -> (String, Option<(usize, usize)>, String) {
+    let path = display_path(&e.path().to_string());
+    let inner = e.into_inner();
+    let place = inner.location().map(|l| (l.line(), l.column()));
+    let message = tidy_serde_message(&inner.to_string(), &path, place);
+    if let Some(field) = backquoted_after(&message, "missing field `") {
+        let key = join_key(&path, field);
+        let problem = format!("expected the key `{field}`, which is required, but it is missing");
+        return (key, index.locate(&path).or(place), problem);
+    }
+    if let Some(field) = backquoted_after(&message, "duplicate field `") {
+        let key = join_key(&path, field);
+        let problem = format!("expected each key once, but `{field}` appears again");
+        let at = index.repeats.get(&key).copied();
+        return (key, at.or(place), problem);
+    }
+    let place = place.or_else(|| index.locate(&path));
+    (path, place, message)
 }
 
-/// serde_yaml appends " at line L column C" to messages; we print the place ourselves.
-fn tidy_serde_message(msg: &str) -> String {
-    match msg.rfind(" at line ") {
-        Some(i) => msg[..i].to_owned(),
-        None => msg.to_owned(),
+/// `x` in "…{prefix}x`…", when `message` starts with `prefix`.
+fn backquoted_after<'a>(message: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = message.strip_prefix(prefix)?;
+    rest.split_once('`').map(|(field, _)| field)
+}
+
+/// `path.key`, or `key` at the root.
+fn join_key(path: &str, key: &str) -> String {
+    if path.is_empty() || path == "." {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
     }
+}
+
+/// serde_path_to_error prints `` for the root, `a.b[0]` otherwise, and `?` for a
+/// segment it could not name (a syntax error in the middle of a mapping): drop those.
+fn display_path(p: &str) -> String {
+    let mut p = p;
+    while let Some(rest) = p.strip_suffix('?') {
+        p = rest.strip_suffix('.').unwrap_or(rest);
+    }
+    if p.is_empty() {
+        ".".into()
+    } else {
+        p.to_owned()
+    }
+}
+
+/// serde_yaml prefixes messages with its own key path and appends " at line L column C";
+/// we print both ourselves. serde's type names are spelled out for operators.
+fn tidy_serde_message(msg: &str, path: &str, place: Option<(usize, usize)>) -> String {
+    let mut msg = msg;
+    if let Some((head, rest)) = msg.split_once(": ") {
+        let is_prefix = path == head
+            || path
+                .strip_prefix(head)
+                .is_some_and(|tail| tail.starts_with(['.', '[']));
+        if is_prefix {
+            msg = rest;
+        }
+    }
+    // The last occurrence: a value quoted earlier in the message may contain anything.
+    let mut msg = msg.to_owned();
+    if let Some((l, c)) = place {
+        let mark = format!(" at line {l} column {c}");
+        if let Some(i) = msg.rfind(&mark) {
+            msg.replace_range(i..i + mark.len(), "");
+        }
+    }
+    // "…, expected struct MediaRpcConfig": the operator wrote a scalar or a list.
+    if let Some((head, name)) = msg.rsplit_once("expected struct ") {
+        if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            msg = format!("{head}expected a mapping of keys");
+        }
+    }
+    for (serde_name, plain) in [
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        ("expected a string", "expected text"),
+    ] {
+        if msg.ends_with(serde_name) {
+            msg.truncate(msg.len() - serde_name.len());
+            msg.push_str(plain);
+        }
+    }
+    msg
 }
 
 /// Find the 1-based line and column of the key path `path` in YAML `text`.
 ///
-/// For `a.b[2].c` it returns the place of the key `c` inside the third item of `a.b`;
-/// when the exact key is absent (a missing key), the place of its nearest ancestor.
+/// For `a.b[2].c` it returns the place of the key `c` inside the third item of `a.b`
+/// (for an item, the place of its first key or of its `{`/`[`, or the item's value);
+/// when the exact key is absent (a missing key), the place of its nearest ancestor, and
+/// for `.` or a path with no ancestor in the text, the first key of the document.
+/// `None` when the text holds no node at all (empty, or a syntax error at its start).
 pub fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
-    let index = PathIndex::build(text);
-    let mut probe = path.to_owned();
-    loop {
-        if let Some(pos) = index.places.get(&probe) {
-            return Some(*pos);
-        }
-        let cut = probe.rfind(['.', '['])?;
-        probe.truncate(cut);
-        if probe.is_empty() {
-            return index.places.get(".").copied();
-        }
-    }
+    PathIndex::build(text).locate(path)
 }
 
 /// Key path → (line, column) of every key and sequence item in a YAML document.
+///
+/// Built from yaml-rust2 parser events. Their marks are exact for scalars and for flow
+/// collections (`{`, `[`), but a block mapping's start is marked at the `:` after its
+/// first key, so a block mapping takes the place of its first key instead.
 struct PathIndex {
+    /// Where each path is first written.
     places: BTreeMap<String, (usize, usize)>,
+    /// Where a mapping key is written the second time (a duplicate key).
+    repeats: BTreeMap<String, (usize, usize)>,
+}
+
+/// What a mapping waits for next.
+enum MapState {
+    Key,
+    /// The value of this key (`None`: of a non-scalar key, whose value is not indexed).
+    Value(Option<String>),
 }
 
 enum Frame {
-    Map { path: String, key: Option<String> },
-    Seq { path: String, next: usize },
+    Map {
+        path: String,
+        state: MapState,
+        /// A block mapping whose own place is still to be taken from its first key.
+        pending: bool,
+    },
+    Seq {
+        path: String,
+        next: usize,
+    },
 }
+
+/// The path under which a complex (non-scalar) mapping key is parsed: nothing asks for it.
+const IGNORED: &str = "\u{0}complex-key";
 
 impl PathIndex {
     fn build(text: &str) -> PathIndex {
         use yaml_rust2::parser::{Event, Parser};
 
-        let mut places = BTreeMap::new();
+        let lines: Vec<&str> = text.split('\n').collect();
+        let mut index = PathIndex {
+            places: BTreeMap::new(),
+            repeats: BTreeMap::new(),
+        };
         let mut stack: Vec<Frame> = Vec::new();
         let mut parser = Parser::new_from_str(text);
-        // Where the next value lives, given the innermost container.
-        fn child_path(stack: &mut [Frame]) -> Option<String> {
-            match stack.last_mut()? {
-                Frame::Map { path, key } => key.take().map(|k| join(path, &k)),
-                Frame::Seq { path, next } => {
-                    let p = format!("{path}[{next}]");
-                    *next += 1;
-                    Some(p)
-                }
-            }
-        }
-        fn join(path: &str, key: &str) -> String {
-            if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
-        }
         while let Ok((event, mark)) = parser.next_token() {
             let pos = (mark.line(), mark.col() + 1);
             match event {
                 Event::StreamEnd => break,
                 Event::MappingStart(..) | Event::SequenceStart(..) => {
-                    let path = if stack.is_empty() {
-                        places.entry(".".to_owned()).or_insert(pos);
-                        String::new()
-                    } else {
-                        match child_path(&mut stack) {
-                            Some(p) => {
-                                places.entry(p.clone()).or_insert(pos);
-                                p
+                    let is_map = matches!(event, Event::MappingStart(..));
+                    let path = match stack.last_mut() {
+                        None => Some(String::new()),
+                        Some(Frame::Map {
+                            path,
+                            state: state @ MapState::Key,
+                            pending,
+                        }) => {
+                            // A complex key: its value is not indexed either.
+                            if std::mem::take(pending) {
+                                index.places.entry(slot(path)).or_insert(pos);
                             }
-                            // A complex (non-scalar) mapping key: index nothing under it.
-                            None => "\u{0}complex-key".to_owned(),
+                            *state = MapState::Value(None);
+                            None
                         }
+                        Some(_) => child_path(&mut stack),
                     };
-                    stack.push(if matches!(event, Event::MappingStart(..)) {
-                        Frame::Map { path, key: None }
+                    let path = path.unwrap_or_else(|| IGNORED.to_owned());
+                    // `{` marks a flow mapping where it starts; a block mapping's mark
+                    // is the `:` after its first key (see above).
+                    let flow_map = lines
+                        .get(pos.0.wrapping_sub(1))
+                        .and_then(|l| l.chars().nth(mark.col()))
+                        == Some('{');
+                    if !is_map || flow_map {
+                        index.places.entry(slot(&path)).or_insert(pos);
+                    }
+                    stack.push(if is_map {
+                        Frame::Map {
+                            path,
+                            state: MapState::Key,
+                            pending: !flow_map,
+                        }
                     } else {
                         Frame::Seq { path, next: 0 }
                     });
@@ -779,26 +996,109 @@ impl PathIndex {
                     stack.pop();
                 }
                 Event::Scalar(value, ..) => {
-                    if let Some(Frame::Map { path, key }) = stack.last_mut() {
-                        if key.is_none() {
-                            // This scalar is a key: remember where it is written.
-                            let p = join(path, &value);
-                            places.entry(p).or_insert(pos);
-                            *key = Some(value);
-                            continue;
+                    if let Some(Frame::Map {
+                        path,
+                        state: state @ MapState::Key,
+                        pending,
+                    }) = stack.last_mut()
+                    {
+                        // This scalar is a key: remember where it is written.
+                        if std::mem::take(pending) {
+                            index.places.entry(slot(path)).or_insert(pos);
                         }
+                        let p = join_key(path, &value);
+                        match index.places.entry(p) {
+                            btree_map::Entry::Vacant(v) => {
+                                v.insert(pos);
+                            }
+                            btree_map::Entry::Occupied(o) => {
+                                index.repeats.entry(o.key().clone()).or_insert(pos);
+                            }
+                        }
+                        *state = MapState::Value(Some(value));
+                        continue;
                     }
                     if let Some(p) = child_path(&mut stack) {
-                        places.entry(p).or_insert(pos);
+                        index.places.entry(p).or_insert(pos);
                     }
                 }
                 Event::Alias(_) => {
-                    child_path(&mut stack);
+                    if let Some(Frame::Map {
+                        state: state @ MapState::Key,
+                        ..
+                    }) = stack.last_mut()
+                    {
+                        *state = MapState::Value(None);
+                    } else {
+                        child_path(&mut stack);
+                    }
                 }
                 _ => {}
             }
         }
-        PathIndex { places }
+        index
+    }
+
+    /// See [`locate`].
+    fn locate(&self, path: &str) -> Option<(usize, usize)> {
+        let mut probe = path;
+        loop {
+            if let Some(pos) = self.places.get(probe) {
+                return Some(*pos);
+            }
+            match probe.rfind(['.', '[']) {
+                Some(cut) if cut > 0 => probe = &probe[..cut],
+                _ => return self.places.get(".").copied(),
+            }
+        }
+    }
+}
+
+/// Where the next value of the innermost container lives (and move past it).
+fn child_path(stack: &mut [Frame]) -> Option<String> {
+    match stack.last_mut()? {
+        Frame::Map { path, state, .. } => match std::mem::replace(state, MapState::Key) {
+            MapState::Value(key) => key.map(|k| join_key(path, &k)),
+            MapState::Key => None,
+        },
+        Frame::Seq { path, next } => {
+            let p = format!("{path}[{next}]");
+            *next += 1;
+            Some(p)
+        }
+    }
+}
+
+/// The index key of a container path (`.` for the root).
+fn slot(path: &str) -> String {
+    if path.is_empty() {
+        ".".to_owned()
+    } else {
+        path.to_owned()
+    }
+}
+
+/// Entry point for the `config` fuzz target: any bytes, never a panic.
+///
+/// Parses the bytes (when they are UTF-8) as a config file for [`Role::Any`], and looks
+/// up a few key paths in them, as `check-config` would.
+pub fn fuzz_parse(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Err(errors) = Config::parse(text, Path::new("fuzz.yaml"), Role::Any) {
+        // Formatting is part of the contract too.
+        let _ = errors.to_string();
+    }
+    for path in [
+        ".",
+        "control",
+        "control.media_nodes[0].quic.address",
+        "media.interfaces[1].ports",
+        "media.rpc.unix.path",
+        "x[3].y",
+    ] {
+        let _ = locate(text, path);
     }
 }
 
