@@ -49,7 +49,16 @@ impl ControlMetrics {
                 IntGauge::new(name, help).expect("static metric definition"),
             )
         };
+        let config_reloads = cv(
+            "sbc_config_reloads_total",
+            "Configuration reloads, by result",
+            &["result"],
+        );
+        for result in ["ok", "failed"] {
+            config_reloads.with_label_values(&[result]);
+        }
         Self {
+            config_reloads,
             media_node_up: gv(
                 "sbc_media_node_up",
                 "1 while the RPC connection to a media node is up",
@@ -84,11 +93,6 @@ impl ControlMetrics {
                 "sbc_control_rpc_calls_total",
                 "RPC requests sent to media nodes, by method and result",
                 &["node", "method", "result"],
-            ),
-            config_reloads: cv(
-                "sbc_config_reloads_total",
-                "Configuration reloads, by result",
-                &["result"],
             ),
             draining: g(
                 "sbc_control_draining",

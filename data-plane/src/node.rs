@@ -45,6 +45,26 @@ pub struct Peer {
 
 pub type ConnId = u64;
 
+/// Every reason an RPC connection is closed or refused (labels of
+/// `sbc_rpc_connections_closed_total`, listed in docs/operations.md).
+pub const CLOSE_REASONS: [&str; 15] = [
+    "peer_closed",
+    "superseded",
+    "too_large",
+    "empty",
+    "malformed",
+    "stalled",
+    "truncated",
+    "io_error",
+    "hello_timeout",
+    "closed_before_hello",
+    "bad_hello",
+    "version_mismatch",
+    "too_many_connections",
+    "slow_reader",
+    "tls_refused",
+];
+
 struct Interface {
     name: String,
     address: std::net::IpAddr,
@@ -106,6 +126,16 @@ impl Node {
             node.metrics
                 .sessions_reaped
                 .with_label_values(&[reason.as_str()]);
+        }
+        for reason in CLOSE_REASONS {
+            node.metrics.rpc_closed.with_label_values(&[reason]);
+        }
+        for i in &node.interfaces {
+            for reason in ["exhausted", "bind_failed"] {
+                node.metrics
+                    .port_failures
+                    .with_label_values(&[&i.name, reason]);
+            }
         }
         node.refresh_gauges(now);
         node

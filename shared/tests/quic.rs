@@ -205,6 +205,7 @@ async fn hello_round_trips_over_mutual_tls() {
                     software: "sbc-media test".to_owned(),
                     node_name: "media1".to_owned(),
                     orphan_grace_ms: 30_000,
+                    interfaces: vec!["public".to_owned()],
                 }))
                 .await
                 .unwrap();

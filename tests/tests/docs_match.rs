@@ -25,6 +25,7 @@ fn every_exported_metric_is_documented() {
     let ops = doc("operations.md");
     let mut missing = Vec::new();
     let mut seen = 0;
+    let mut names = Vec::new();
     for page in [app.media_page(), app.control_page()] {
         for line in page.lines() {
             let Some(rest) = line.strip_prefix("# TYPE ") else {
@@ -38,12 +39,16 @@ fn every_exported_metric_is_documented() {
                 continue;
             }
             seen += 1;
+            names.push(name.to_owned());
             if !ops.contains(&format!("`{name}")) {
                 missing.push(name.to_owned());
             }
         }
     }
-    assert!(seen >= 20, "expected the full metric set, saw {seen}");
+    assert!(
+        seen >= 26,
+        "expected the full metric set, saw {seen}: {names:?}"
+    );
     assert!(
         missing.is_empty(),
         "metrics missing from docs/operations.md: {missing:?}"

@@ -51,12 +51,22 @@ fn main() -> ExitCode {
         Some(s) => s,
         None => match Config::load(&config, Role::Control) {
             Ok(c) => c.control.expect("validated for Role::Control").admin_socket,
-            Err(e) => {
-                eprintln!(
-                    "{e}\nsbcctl: cannot find the admin socket; fix the config or pass --socket"
-                );
-                return ExitCode::FAILURE;
-            }
+            // A broken file may still name the socket; `reload` must reach the running
+            // control plane so that it refuses (and counts) the bad file itself.
+            Err(e) => match admin_socket_leniently(&config) {
+                Some(s) => {
+                    if !matches!(request, AdminRequest::Reload) {
+                        eprintln!("sbcctl: warning: the config file has mistakes:\n{e}");
+                    }
+                    s
+                }
+                None => {
+                    eprintln!(
+                        "{e}\nsbcctl: cannot find the admin socket; fix the config or pass --socket"
+                    );
+                    return ExitCode::FAILURE;
+                }
+            },
         },
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -110,6 +120,17 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `control.admin_socket` from a file that may not validate (default if absent).
+fn admin_socket_leniently(config: &std::path::Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(config).ok()?;
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).ok()?;
+    let control = doc.get("control")?;
+    Some(match control.get("admin_socket").and_then(|v| v.as_str()) {
+        Some(s) => PathBuf::from(s),
+        None => PathBuf::from("/run/sbc/control.sock"),
+    })
 }
 
 fn report(first_error: Option<String>) -> ExitCode {

@@ -105,10 +105,27 @@ pub fn start(
     book: Arc<SessionBook>,
     metrics: ControlMetrics,
 ) -> (Arc<MediaLink>, tokio::task::JoinHandle<()>) {
+    // Publish every series of this node at zero so dashboards and alerts see them at once.
     metrics
         .media_node_up
         .with_label_values(&[&node.name])
         .set(0);
+    metrics
+        .media_sessions
+        .with_label_values(&[&node.name])
+        .set(0);
+    for result in ["ok", "failed", "version_mismatch", "rejected"] {
+        metrics
+            .media_node_connects
+            .with_label_values(&[&node.name, result]);
+    }
+    metrics.sessions_adopted.with_label_values(&[&node.name]);
+    metrics.sessions_abandoned.with_label_values(&[&node.name]);
+    for reason in ["inactive", "unclaimed"] {
+        metrics
+            .sessions_ended
+            .with_label_values(&[&node.name, reason]);
+    }
     let link = Arc::new(MediaLink {
         name: node.name.clone(),
         client: Mutex::new(None),

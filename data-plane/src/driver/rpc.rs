@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sbc_shared::ids::OwnerTag;
-use sbc_shared::rpc::codec::{ClientInput, decode_client, is_known_method};
+use sbc_shared::rpc::codec::{ClientInput, decode_client, is_known_method, probe_version};
 use sbc_shared::rpc::msg::{
     ClientFrame, ErrorCode, Hello, HelloAck, HelloReject, PROTOCOL_VERSION, RpcError, ServerFrame,
 };
@@ -79,6 +79,15 @@ pub async fn serve_connection<R, W>(
         }
         Ok(Ok(Some(frame))) => frame,
     };
+    // Versions first, from the fields every version's hello has, so that a peer whose
+    // hello has other fields is still told which versions disagree.
+    if let Some(probe) = probe_version(&hello) {
+        if probe.kind == "hello" && probe.protocol_version != PROTOCOL_VERSION {
+            let reason = mismatch_reason(&probe.software, probe.protocol_version);
+            let _ = writer.write_msg(&reject(&reason)).await;
+            return refuse(&node, &peer_desc, "version_mismatch", &reason);
+        }
+    }
     let hello = match decode_client(&hello) {
         Ok(ClientInput::Frame(ClientFrame::Hello(h))) => h,
         Ok(_) | Err(_) => {
@@ -148,7 +157,7 @@ pub async fn serve_connection<R, W>(
     let reason: &'static str = loop {
         let frame = tokio::select! {
             r = reader.read_frame() => r,
-            why = &mut close_rx => break why.unwrap_or("closed"),
+            why = &mut close_rx => break why.unwrap_or("superseded"),
         };
         let payload = match frame {
             Ok(Some(p)) => p,
@@ -208,12 +217,7 @@ pub async fn serve_connection<R, W>(
 
 fn check_hello(hello: &Hello) -> Option<String> {
     if hello.protocol_version != PROTOCOL_VERSION {
-        return Some(format!(
-            "RPC protocol version mismatch: peer `{}` speaks version {}, this sbc-media ({}) speaks version {PROTOCOL_VERSION}; upgrade the older side",
-            hello.software,
-            hello.protocol_version,
-            sbc_shared::software("sbc-media"),
-        ));
+        return Some(mismatch_reason(&hello.software, hello.protocol_version));
     }
     let OwnerTag(owner) = &hello.owner;
     if owner.is_empty() || owner.len() > OwnerTag::MAX_LEN {
@@ -223,6 +227,13 @@ fn check_hello(hello: &Hello) -> Option<String> {
         ));
     }
     None
+}
+
+fn mismatch_reason(software: &str, version: u16) -> String {
+    format!(
+        "RPC protocol version mismatch: peer `{software}` speaks version {version}, this sbc-media ({}) speaks version {PROTOCOL_VERSION}; upgrade the older side",
+        sbc_shared::software("sbc-media"),
+    )
 }
 
 fn refuse(node: &SharedNode, peer: &str, label: &'static str, reason: &str) {

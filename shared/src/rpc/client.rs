@@ -115,7 +115,18 @@ impl RpcClient {
             Err(_) => return Err(ConnectError::Timeout(request_timeout)),
             Ok(r) => r?.ok_or(ConnectError::Closed)?,
         };
-        // The reject frame's shape is fixed across versions; read it before anything else.
+        // Versions first, from the fields every version's hello_ack has: a newer node's
+        // ack may not decode into this build's type, and the operator must still be told
+        // which versions disagree.
+        if let Some(probe) = super::codec::probe_version(&frame) {
+            if probe.kind == "hello_ack" && probe.protocol_version != PROTOCOL_VERSION {
+                return Err(ConnectError::VersionMismatch {
+                    node: probe.node_name,
+                    software: probe.software,
+                    theirs: probe.protocol_version,
+                });
+            }
+        }
         let ack = match decode::<ServerFrame>(&frame) {
             Ok(ServerFrame::HelloAck(ack)) => ack,
             Ok(ServerFrame::HelloReject(r)) => {

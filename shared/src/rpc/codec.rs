@@ -97,6 +97,26 @@ pub fn decode_client(payload: &[u8]) -> Result<ClientInput, FrameError> {
     }
 }
 
+/// The version-bearing fields of a hello, hello_ack or hello_reject, read without
+/// requiring the rest of the frame to match this build's types: a peer of another
+/// version may have added or changed fields, and must still be told which versions
+/// disagree.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct VersionProbe {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub protocol_version: u16,
+    #[serde(default)]
+    pub software: String,
+    #[serde(default)]
+    pub node_name: String,
+}
+
+/// Read a handshake frame's type and protocol version; `None` if it has neither.
+pub fn probe_version(payload: &[u8]) -> Option<VersionProbe> {
+    serde_json::from_slice(payload).ok()
+}
+
 /// Whether the decoded request method is known (used to choose the error code).
 pub fn is_known_method(name: &str) -> bool {
     const KNOWN: &[&str] = &[
@@ -240,6 +260,19 @@ mod tests {
         }
         assert!(!is_known_method("teleport"));
         assert!(is_known_method("create_session"));
+    }
+
+    #[test]
+    fn version_probe_reads_hellos_of_other_shapes() {
+        let future = br#"{"type":"hello","protocol_version":2,"software":"x 9","role":"sorcerer"}"#;
+        let p = probe_version(future).unwrap();
+        assert_eq!((p.kind.as_str(), p.protocol_version), ("hello", 2));
+        assert_eq!(p.software, "x 9");
+        assert!(
+            decode_client(future).is_err(),
+            "the full decode fails, the probe does not"
+        );
+        assert_eq!(probe_version(b"[1,2]"), None);
     }
 
     #[test]
