@@ -19,6 +19,15 @@ pub struct MediaMetrics {
     pub rpc_closed: IntCounterVec,
     pub rpc_requests: IntCounterVec,
     pub control_connected: IntGauge,
+    pub packets: IntCounterVec,
+    pub bytes: IntCounterVec,
+    pub dropped: IntCounterVec,
+    pub send_errors: IntCounter,
+    pub core_packets: IntCounterVec,
+    pub core_sessions: IntGaugeVec,
+    pub engine_info: IntGaugeVec,
+    /// Last values read from the cores' counters (metrics advance by the difference).
+    last: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -119,8 +128,28 @@ impl MediaMetrics {
                 &["method", "result"],
             ),
             control_connected,
+            packets: counter_vec(&r, "sbc_media_packets_total", "Datagrams received on (in) and sent from (out) media ports", &["direction"]),
+            bytes: counter_vec(&r, "sbc_media_bytes_total", "Bytes received on (in) and sent from (out) media ports", &["direction"]),
+            dropped: counter_vec(&r, "sbc_media_packets_dropped_total", "Datagrams not forwarded, by reason", &["reason"]),
+            send_errors: counter(&r, "sbc_media_send_errors_total", "Forwarded datagrams the kernel refused to send"),
+            core_packets: counter_vec(&r, "sbc_media_core_packets_total", "Datagrams received per packet worker core (rate() for per-core packet rates)", &["core"]),
+            core_sessions: gauge_vec(&r, "sbc_media_core_sessions", "Sessions relayed by each packet worker core", &["core"]),
+            engine_info: gauge_vec(&r, "sbc_media_engine_info", "The packet engine running (value 1)", &["engine"]),
+            last: Default::default(),
             process,
             registry: r,
+        }
+    }
+}
+
+impl MediaMetrics {
+    /// Advance `counter` to the core-side total `now` (cores count; metrics follow).
+    pub fn advance(&self, key: &str, counter: &IntCounter, now: u64) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let prev = last.entry(key.to_owned()).or_insert(0);
+        if now > *prev {
+            counter.inc_by(now - *prev);
+            *prev = now;
         }
     }
 }

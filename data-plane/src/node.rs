@@ -8,19 +8,24 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use sbc_shared::config::MediaConfig;
 use sbc_shared::ids::{OwnerTag, SessionId};
 use sbc_shared::rpc::msg::{
-    EndReason, ErrorCode, Event, LegSpec, MAX_LIST_PAGE, NodeStats, PROTOCOL_VERSION, PeerRole,
+    EndReason, ErrorCode, LatchMode, LegStats, SessionInfo, Event, LegSpec, MAX_LIST_PAGE, NodeStats, PROTOCOL_VERSION, PeerRole,
     Request, Response, RpcError, ServerFrame,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
+use crate::engine::Engine;
+use crate::engine::core::CoreCommand;
 use crate::engine::ports::{BoundPair, bind_pair};
+use crate::proto::relay::{DropReason, LegRelay, SessionRelay, SessionShared};
 use crate::metrics::MediaMetrics;
 use crate::proto::ports::PortPool;
 use crate::proto::table::{Ended, Leg, SessionTable};
@@ -65,9 +70,16 @@ pub const CLOSE_REASONS: [&str; 15] = [
     "tls_refused",
 ];
 
+#[derive(Debug)]
+struct Placement {
+    core: usize,
+    shared: Arc<SessionShared>,
+}
+
 struct Interface {
     name: String,
     address: std::net::IpAddr,
+    dscp: Option<u8>,
     pool: PortPool,
 }
 
@@ -76,7 +88,10 @@ pub struct Node {
     started: Instant,
     table: SessionTable,
     interfaces: Vec<Interface>,
-    sockets: HashMap<SessionId, Vec<BoundPair>>,
+    /// Which core relays each session, and the counters it shares with us.
+    placed: HashMap<SessionId, Placement>,
+    engine: Engine,
+    allow_latch_any_ip: bool,
     peers: HashMap<ConnId, Peer>,
     /// The live control connection of each owner.
     controllers: HashMap<OwnerTag, ConnId>,
@@ -96,7 +111,7 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
-    pub fn new(cfg: &MediaConfig, now: Instant) -> Self {
+    pub fn new(cfg: &MediaConfig, now: Instant, engine: Engine) -> Self {
         let node = Self {
             node_name: cfg.node_name.clone(),
             started: now,
@@ -111,10 +126,13 @@ impl Node {
                 .map(|i| Interface {
                     name: i.name.clone(),
                     address: i.address,
+                    dscp: i.dscp,
                     pool: PortPool::new(i.ports),
                 })
                 .collect(),
-            sockets: HashMap::new(),
+            placed: HashMap::new(),
+            engine,
+            allow_latch_any_ip: cfg.allow_latch_any_ip,
             peers: HashMap::new(),
             controllers: HashMap::new(),
             next_conn: 1,
@@ -291,8 +309,21 @@ impl Node {
                         "inactivity_timeout_ms must be above 0",
                     ));
                 }
+                if !self.allow_latch_any_ip
+                    && spec.legs.iter().any(|l| l.latch == LatchMode::AnyIp)
+                {
+                    return Err(RpcError::new(
+                        ErrorCode::InvalidRequest,
+                        "latch `any_ip` is not allowed on this node (media.allow_latch_any_ip is false)",
+                    ));
+                }
                 let (legs, pairs) = self.allocate_legs(&spec.legs)?;
                 let id = self.fresh_id();
+                let relays = legs
+                    .iter()
+                    .zip(&spec.legs)
+                    .map(|(leg, s)| LegRelay::new(leg.remote_rtp, leg.remote_rtcp, s.latch, s.clock_rate))
+                    .collect();
                 self.table.insert(
                     now,
                     id,
@@ -301,20 +332,38 @@ impl Node {
                     spec.inactivity_timeout_ms.map(Duration::from_millis),
                     legs,
                 );
-                self.sockets.insert(id, pairs);
+                let shared = SessionShared::new(pairs.len());
+                let core = self.engine.least_loaded();
+                let sockets = pairs.into_iter().map(|p| (p.rtp, p.rtcp)).collect();
+                self.engine.send(
+                    core,
+                    CoreCommand::Add {
+                        id,
+                        sockets,
+                        relay: SessionRelay::new(relays, shared.clone()),
+                    },
+                );
+                self.placed.insert(id, Placement { core, shared });
                 self.metrics.sessions_created.inc();
                 Ok(Response::Session(
-                    self.table.info(now, id).expect("just inserted"),
+                    self.info(now, id).expect("just inserted"),
                 ))
             }
-            Request::UpdateSession { session, update } => self
-                .table
-                .update(now, &owner, session, update)
-                .map(Response::Session),
+            Request::UpdateSession { session, update } => {
+                let changes: Vec<_> = update
+                    .legs
+                    .iter()
+                    .map(|u| (usize::from(u.leg.0), u.remote_rtp, u.remote_rtcp))
+                    .collect();
+                self.table.update(now, &owner, session, update)?;
+                if let Some(p) = self.placed.get(&session) {
+                    self.engine.send(p.core, CoreCommand::Update { id: session, legs: changes });
+                }
+                Ok(Response::Session(self.info(now, session).expect("just updated")))
+            }
             Request::DeleteSession { session } => {
                 let legs = self.table.delete(&owner, session)?;
-                let stats = legs.iter().map(|l| l.stats).collect();
-                self.free(session, &legs);
+                let stats = self.free(session, &legs);
                 self.metrics.sessions_deleted.inc();
                 Ok(Response::Deleted {
                     session,
@@ -322,7 +371,6 @@ impl Node {
                 })
             }
             Request::GetSession { session } => self
-                .table
                 .info(now, session)
                 .map(Response::Session)
                 .ok_or_else(|| {
@@ -334,7 +382,10 @@ impl Node {
                 limit,
             } => {
                 let limit = limit.clamp(1, MAX_LIST_PAGE) as usize;
-                let (sessions, next) = self.table.list(now, owner.as_ref(), after, limit);
+                let (mut sessions, next) = self.table.list(now, owner.as_ref(), after, limit);
+                for s in &mut sessions {
+                    self.fill_stats(s);
+                }
                 Ok(Response::Sessions { sessions, next })
             }
             Request::AdoptSessions { sessions } => {
@@ -413,7 +464,7 @@ impl Node {
                 ));
             };
             let (rtp, rtcp) = iface.pool.ports(pair);
-            match bind_pair(iface.address, rtp, rtcp) {
+            match bind_pair(iface.address, rtp, rtcp, iface.dscp) {
                 Ok(bound) => {
                     let leg = Leg {
                         interface: index,
@@ -452,13 +503,50 @@ impl Node {
         ))
     }
 
-    fn free(&mut self, session: SessionId, legs: &[Leg]) {
-        // Dropping the sockets closes them; then the pairs may be handed out again.
-        self.sockets.remove(&session);
+    /// Stop relaying `session`, close its sockets and free its ports; returns the final
+    /// per-leg counters.
+    fn free(&mut self, session: SessionId, legs: &[Leg]) -> Vec<LegStats> {
+        let stats = match self.placed.remove(&session) {
+            Some(p) => {
+                self.engine.send(p.core, CoreCommand::Remove { id: session });
+                p.shared.legs.iter().map(|c| c.snapshot()).collect()
+            }
+            None => legs.iter().map(|l| l.stats).collect(),
+        };
+        // The core closes the sockets when it handles `Remove`; a new session that picks
+        // one of these pairs before then fails to bind and tries another pair.
         for leg in legs {
             self.interfaces[leg.interface].pool.release(leg.pair);
         }
+        stats
     }
+
+    /// A session's info with live counters from its core.
+    fn info(&self, now: Instant, id: SessionId) -> Option<SessionInfo> {
+        let mut info = self.table.info(now, id)?;
+        self.fill_stats(&mut info);
+        Some(info)
+    }
+
+    fn fill_stats(&self, info: &mut SessionInfo) {
+        if let Some(p) = self.placed.get(&info.id) {
+            for (leg, counters) in info.legs.iter_mut().zip(&p.shared.legs) {
+                leg.stats = counters.snapshot();
+            }
+        }
+    }
+
+    /// Feed packet activity seen by the cores into the table's inactivity clocks.
+    fn collect_activity(&mut self) {
+        let epoch = self.engine.epoch();
+        for (id, p) in &self.placed {
+            let us = p.shared.last_packet_us.load(Ordering::Relaxed);
+            if us != 0 {
+                self.table.touch(epoch + Duration::from_micros(us), *id);
+            }
+        }
+    }
+
 
     /// When [`Self::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -467,6 +555,7 @@ impl Node {
 
     /// Reap what is due; tell owners that are connected.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.collect_activity();
         let ended = self.table.handle_timeout(now);
         for Ended {
             id,
@@ -480,8 +569,7 @@ impl Node {
                 .sessions_reaped
                 .with_label_values(&[reason.as_str()])
                 .inc();
-            let stats = legs.iter().map(|l| l.stats).collect();
-            self.free(id, &legs);
+            let stats = self.free(id, &legs);
             if let Some(conn) = self.controllers.get(&owner) {
                 if let Some(peer) = self.peers.get(conn) {
                     let event = ServerFrame::Event {
@@ -538,6 +626,7 @@ impl Node {
             .with_label_values(&["owned"])
             .set(self.table.len() as i64 - orphaned);
         m.sessions.with_label_values(&["orphaned"]).set(orphaned);
+        self.refresh_packet_metrics();
         for i in &self.interfaces {
             let free = i.pool.free_pairs() as i64 * 2;
             let total = i.pool.total_pairs() as i64 * 2;
@@ -546,6 +635,35 @@ impl Node {
                 .with_label_values(&[&i.name])
                 .set(total - free);
         }
+    }
+
+    fn refresh_packet_metrics(&self) {
+        let m = &self.metrics;
+        let (mut pin, mut bin, mut pout, mut bout, mut errs) = (0, 0, 0, 0, 0);
+        let mut drops = [0u64; DropReason::ALL.len()];
+        for (core, c) in self.engine.counters() {
+            let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            pin += get(&c.packets_in);
+            bin += get(&c.bytes_in);
+            pout += get(&c.packets_out);
+            bout += get(&c.bytes_out);
+            errs += get(&c.send_errors);
+            for (d, v) in drops.iter_mut().zip(&c.dropped) {
+                *d += get(v);
+            }
+            let label = core.to_string();
+            m.advance(&format!("core{core}"), &m.core_packets.with_label_values(&[&label]), get(&c.packets_in));
+            m.core_sessions.with_label_values(&[&label]).set(get(&c.sessions) as i64);
+        }
+        m.advance("pin", &m.packets.with_label_values(&["in"]), pin);
+        m.advance("pout", &m.packets.with_label_values(&["out"]), pout);
+        m.advance("bin", &m.bytes.with_label_values(&["in"]), bin);
+        m.advance("bout", &m.bytes.with_label_values(&["out"]), bout);
+        m.advance("errs", &m.send_errors, errs);
+        for (reason, n) in DropReason::ALL.iter().zip(drops) {
+            m.advance(reason.as_str(), &m.dropped.with_label_values(&[reason.as_str()]), n);
+        }
+        m.engine_info.with_label_values(&[self.engine.kind().as_str()]).set(1);
     }
 
     /// Sessions and ports currently held (for tests and `status`).

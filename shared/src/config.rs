@@ -142,6 +142,20 @@ pub struct MediaConfig {
     pub max_sessions: u32,
     /// Media interfaces: an address and a port range each (at least one).
     pub interfaces: Vec<MediaInterfaceConfig>,
+    /// The packet engine: `io_uring` (default; falls back to `portable`, saying why, where
+    /// the kernel refuses io_uring) or `portable` (epoll, any Linux).
+    #[serde(default)]
+    pub engine: EngineKind,
+    /// CPUs to run packet workers on, one pinned worker thread per entry. Empty (the
+    /// default): one worker on the highest-numbered CPU, leaving CPU 0 to the system and
+    /// the control plane.
+    #[serde(default)]
+    pub cores: Vec<u16>,
+    /// Whether sessions may ask to learn a peer's address from any source IP (`latch:
+    /// any_ip`), for SIP peers behind NAT that signal unusable addresses. Off by default:
+    /// then only the signalled IP may be learned.
+    #[serde(default)]
+    pub allow_latch_any_ip: bool,
 }
 
 /// Where the media node listens for RPC: a Unix socket, QUIC, or both.
@@ -205,6 +219,28 @@ pub struct MediaInterfaceConfig {
     pub advertise: Option<IpAddr>,
     /// Port range, e.g. `"30000-39999"`: RTP on even ports, RTCP on the next odd one.
     pub ports: PortRange,
+    /// DSCP value to mark outgoing media with (0–63; 46 = EF, for voice). Absent: the
+    /// system default (0).
+    #[serde(default)]
+    pub dscp: Option<u8>,
+}
+
+/// Which packet engine a media node runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineKind {
+    #[default]
+    IoUring,
+    Portable,
+}
+
+impl EngineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::IoUring => "io_uring",
+            EngineKind::Portable => "portable",
+        }
+    }
 }
 
 /// Logging settings.
@@ -723,6 +759,15 @@ impl ControlConfig {
 
 impl MediaConfig {
     fn validate(&self, key: &str, out: &mut Vec<(String, String)>) {
+        let mut seen_cores = HashSet::new();
+        for (i, core) in self.cores.iter().enumerate() {
+            if !seen_cores.insert(*core) {
+                out.push((
+                    format!("{key}.cores[{i}]"),
+                    format!("expected each CPU once, but {core} is listed twice"),
+                ));
+            }
+        }
         check_name(format!("{key}.node_name"), &self.node_name, out);
         check_log(key, &self.log, out);
         if self.rpc.unix.is_none() && self.rpc.quic.is_none() {
@@ -751,6 +796,14 @@ impl MediaConfig {
         for (i, iface) in self.interfaces.iter().enumerate() {
             let ikey = format!("{key}.interfaces[{i}]");
             check_name(format!("{ikey}.name"), &iface.name, out);
+            if let Some(dscp) = iface.dscp {
+                if dscp > 63 {
+                    out.push((
+                        format!("{ikey}.dscp"),
+                        format!("expected a DSCP value from 0 to 63 (46 = EF), got {dscp}"),
+                    ));
+                }
+            }
             if !names.insert(iface.name.as_str()) {
                 out.push((
                     format!("{ikey}.name"),

@@ -79,6 +79,8 @@ async fn sessions_survive_sigkill_and_are_readopted_orphans_are_reaped() {
                 interface: "lo".into(),
                 remote_rtp: None,
                 remote_rtcp: None,
+                latch: Default::default(),
+                clock_rate: None,
             }],
             inactivity_timeout_ms: None,
         };

@@ -208,6 +208,8 @@ async fn broken_frames_close_only_the_offending_connection() {
                 interface: "lo".into(),
                 remote_rtp: None,
                 remote_rtcp: None,
+                latch: Default::default(),
+                clock_rate: None,
             }],
             inactivity_timeout_ms: None,
         };
@@ -395,6 +397,8 @@ async fn broken_frames_close_only_the_offending_connection() {
             interface: "lo".into(),
             remote_rtp: None,
             remote_rtcp: None,
+            latch: Default::default(),
+            clock_rate: None,
         }],
         inactivity_timeout_ms: None,
     };

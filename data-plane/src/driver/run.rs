@@ -15,7 +15,9 @@ use crate::node::Node;
 /// Run a media node until `shutdown` completes. Binds everything first, so a port or
 /// path that is taken fails here with a clear error, before anything is announced.
 pub async fn run(cfg: MediaConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let node: SharedNode = Arc::new(Mutex::new(Node::new(&cfg, clock::now())));
+    let engine = crate::engine::Engine::start(cfg.engine, &cfg.cores, clock::now())
+        .context("starting the packet engine")?;
+    let node: SharedNode = Arc::new(Mutex::new(Node::new(&cfg, clock::now(), engine)));
     let limits = ConnLimits {
         max_frame_len: cfg.rpc.max_frame_len as usize,
         stall_timeout: cfg.rpc.stall_timeout.0,

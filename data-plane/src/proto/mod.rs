@@ -2,4 +2,6 @@
 //! clock. Every function takes `now` and returns what to do.
 
 pub mod ports;
+pub mod relay;
+pub mod rtp;
 pub mod table;

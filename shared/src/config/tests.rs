@@ -706,7 +706,11 @@ fn every_key() -> Config {
                 address: "10.0.0.10".parse().unwrap(),
                 advertise: Some("203.0.113.10".parse().unwrap()),
                 ports: PortRange::parse("30000-39999").unwrap(),
+                dscp: Some(46),
             }],
+            engine: EngineKind::IoUring,
+            cores: vec![1],
+            allow_latch_any_ip: false,
         }),
     }
 }

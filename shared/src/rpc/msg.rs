@@ -164,7 +164,8 @@ pub struct SessionSpec {
     /// own state for this session after a restart (at most [`MAX_OWNER_DATA_LEN`] bytes).
     #[serde(default)]
     pub owner_data: String,
-    /// The legs, in order; leg ids are their indices.
+    /// The legs, in order; leg ids are their indices. Legs pair up in order: what leg 0
+    /// receives goes out of leg 1 and the other way round; likewise 2 ↔ 3, and so on.
     pub legs: Vec<LegSpec>,
     /// Overrides the node's default inactivity timeout for this session.
     #[serde(default)]
@@ -182,6 +183,31 @@ pub struct LegSpec {
     /// Where to send RTCP; `None` means the RTP address with port + 1.
     #[serde(default)]
     pub remote_rtcp: Option<SocketAddr>,
+    /// Whether the peer's address may be learned from its first packet (symmetric RTP
+    /// behind NAT). Default `off`: only the signalled address is accepted.
+    #[serde(default)]
+    pub latch: LatchMode,
+    /// RTP clock rate of the stream (for jitter in milliseconds); default 8000.
+    #[serde(default)]
+    pub clock_rate: Option<u32>,
+}
+
+/// How a leg learns its peer's address (the defence against RTP Bleed / RTP Inject).
+///
+/// Whatever the mode, the address is locked after the first accepted packet; a packet
+/// from any other address is then dropped and counted (`wrong_source`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LatchMode {
+    /// Accept media only from the signalled address, exactly.
+    #[default]
+    Off,
+    /// Accept the first packet from the signalled IP on any port, then lock to it.
+    SignalledIp,
+    /// Accept the first packet from any address, then lock to it. Only if the media
+    /// node's config allows it (`media.allow_latch_any_ip`), for SIP peers behind NAT
+    /// that signal unusable addresses.
+    AnyIp,
 }
 
 /// Changes to an existing session; absent fields stay as they are.
@@ -258,6 +284,12 @@ pub struct LegStats {
     pub packets_out: u64,
     pub bytes_out: u64,
     pub packets_dropped: u64,
+    /// RTP packets lost on the way in (sequence gaps, RFC 3550 A.1).
+    #[serde(default)]
+    pub packets_lost: u64,
+    /// Interarrival jitter of received RTP in microseconds (RFC 3550 A.8).
+    #[serde(default)]
+    pub jitter_us: u64,
 }
 
 /// A successful answer.
@@ -458,6 +490,8 @@ mod tests {
                     interface: "public".into(),
                     remote_rtp: Some("192.0.2.1:4000".parse().unwrap()),
                     remote_rtcp: None,
+                    latch: LatchMode::SignalledIp,
+                    clock_rate: Some(48000),
                 }],
                 inactivity_timeout_ms: None,
             }),
