@@ -245,6 +245,8 @@ pub struct Appliance {
     pub control_metrics: SocketAddr,
     pub media_metrics: SocketAddr,
     pub media_socket: PathBuf,
+    /// The media interface `lo`'s port range (inclusive).
+    pub ports: (u16, u16),
 }
 
 /// Options for [`Appliance::new`].
@@ -258,6 +260,8 @@ pub struct Settings {
     pub media_rpc_extra: String,
     /// Replaces the control plane's `media_nodes` list items (indented 4 spaces).
     pub media_nodes: Option<String>,
+    /// Extra YAML lines under `media:` (indented 2 spaces), e.g. `  engine: portable\n`.
+    pub media_extra: String,
 }
 
 impl Default for Settings {
@@ -269,6 +273,7 @@ impl Default for Settings {
             ports: 1000,
             media_rpc_extra: String::new(),
             media_nodes: None,
+            media_extra: String::new(),
         }
     }
 }
@@ -291,13 +296,14 @@ impl Appliance {
             )
         });
         let yaml = format!(
-            "control:\n  node_id: {node}\n  log: {{ format: human, level: info }}\n  metrics: {{ listen: {cm} }}\n  admin_socket: {dir}/control.sock\n  drain_timeout: 3s\n  rpc: {{ request_timeout: 5s, reconnect_max_backoff: 500ms }}\n  media_nodes:\n{nodes}\nmedia:\n  node_name: media-test\n  log: {{ format: human, level: info }}\n  metrics: {{ listen: {mm} }}\n  rpc:\n    unix: {{ path: {sock}, mode: \"0660\" }}\n    stall_timeout: 1s\n{extra}  orphan_grace: {grace}\n  inactivity_timeout: {inact}\n  interfaces:\n    - name: lo\n      address: 127.0.0.1\n      ports: {lo}-{hi}\n",
+            "control:\n  node_id: {node}\n  log: {{ format: human, level: info }}\n  metrics: {{ listen: {cm} }}\n  admin_socket: {dir}/control.sock\n  drain_timeout: 3s\n  rpc: {{ request_timeout: 5s, reconnect_max_backoff: 500ms }}\n  media_nodes:\n{nodes}\nmedia:\n  node_name: media-test\n  log: {{ format: human, level: info }}\n  metrics: {{ listen: {mm} }}\n  rpc:\n    unix: {{ path: {sock}, mode: \"0660\" }}\n    stall_timeout: 1s\n{extra}{media_extra}  orphan_grace: {grace}\n  inactivity_timeout: {inact}\n  interfaces:\n    - name: lo\n      address: 127.0.0.1\n      ports: {lo}-{hi}\n",
             node = s.node_id,
             cm = control_metrics,
             mm = media_metrics,
             dir = dir.path().display(),
             sock = media_socket.display(),
             extra = s.media_rpc_extra,
+            media_extra = s.media_extra,
             grace = s.orphan_grace,
             inact = s.inactivity_timeout,
         );
@@ -309,6 +315,7 @@ impl Appliance {
             control_metrics,
             media_metrics,
             media_socket,
+            ports: (lo, hi),
         }
     }
 

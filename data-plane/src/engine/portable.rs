@@ -38,13 +38,15 @@ pub fn run(mut poll: Poll, commands: Receiver<CoreCommand>, mut state: CoreState
                 continue;
             }
             let token = event.token().0;
-            loop {
-                let Some(socket) = state.socket(token) else { break };
+            while let Some(socket) = state.socket(token) {
                 match socket.recv_from(&mut buf) {
                     Ok((n, src)) => {
-                        let now_us = clock::now().saturating_duration_since(epoch).as_micros() as u64;
+                        let now_us =
+                            clock::now().saturating_duration_since(epoch).as_micros() as u64;
                         if let Some(send) = state.on_datagram(now_us, token, src, &buf[..n]) {
-                            let sent = state.socket(send.from).map(|s| s.send_to(&buf[..n], send.to));
+                            let sent = state
+                                .socket(send.from)
+                                .map(|s| s.send_to(&buf[..n], send.to));
                             if !matches!(sent, Some(Ok(_))) {
                                 state.on_send_error();
                             }
@@ -73,7 +75,11 @@ pub fn run(mut poll: Poll, commands: Receiver<CoreCommand>, mut state: CoreState
             for &t in &applied.added {
                 if let Some(s) = state.socket(t) {
                     let fd = s.as_raw_fd();
-                    if let Err(e) = poll.registry().register(&mut SourceFd(&fd), MioToken(t), Interest::READABLE) {
+                    if let Err(e) = poll.registry().register(
+                        &mut SourceFd(&fd),
+                        MioToken(t),
+                        Interest::READABLE,
+                    ) {
                         warn!(error = %e, "cannot watch a media socket");
                     }
                 }

@@ -38,7 +38,7 @@ pub enum Component {
 /// `sbc_media_packets_dropped_total{reason}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
-    /// Not RTP/RTCP (bad version, too short).
+    /// Not RTP/RTCP (bad version, too short), or RTP on an RTCP port.
     Malformed,
     /// The leg has no peer address yet and may not learn one from this source.
     Unsolicited,
@@ -96,7 +96,10 @@ pub struct LegCounters {
 }
 
 fn bump(c: &AtomicU64, by: u64) {
-    c.store(c.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
+    c.store(
+        c.load(Ordering::Relaxed).wrapping_add(by),
+        Ordering::Relaxed,
+    );
 }
 
 impl LegCounters {
@@ -145,7 +148,11 @@ impl Peer {
 
     fn accept(&mut self, src: SocketAddr, mode: LatchMode) -> Result<(), DropReason> {
         if let Some(locked) = self.locked {
-            return if locked == src { Ok(()) } else { Err(DropReason::WrongSource) };
+            return if locked == src {
+                Ok(())
+            } else {
+                Err(DropReason::WrongSource)
+            };
         }
         let ok = match (mode, self.signalled) {
             (LatchMode::Off, Some(s)) => s == src,
@@ -179,8 +186,14 @@ impl LegRelay {
         clock_rate: Option<u32>,
     ) -> Self {
         Self {
-            rtp: Peer { signalled: remote_rtp, locked: None },
-            rtcp: Peer { signalled: remote_rtcp, locked: None },
+            rtp: Peer {
+                signalled: remote_rtp,
+                locked: None,
+            },
+            rtcp: Peer {
+                signalled: remote_rtcp,
+                locked: None,
+            },
             latch,
             clock_rate: clock_rate.unwrap_or(8000),
             receive: ReceiveStats::default(),
@@ -190,10 +203,16 @@ impl LegRelay {
     /// New signalled addresses (absent = unchanged); unlocks what changed.
     pub fn update(&mut self, remote_rtp: Option<SocketAddr>, remote_rtcp: Option<SocketAddr>) {
         if let Some(a) = remote_rtp {
-            self.rtp = Peer { signalled: Some(a), locked: None };
+            self.rtp = Peer {
+                signalled: Some(a),
+                locked: None,
+            };
         }
         if let Some(a) = remote_rtcp {
-            self.rtcp = Peer { signalled: Some(a), locked: None };
+            self.rtcp = Peer {
+                signalled: Some(a),
+                locked: None,
+            };
         }
     }
 
@@ -274,6 +293,11 @@ impl SessionRelay {
         let Ok(kind) = classify(packet) else {
             return Verdict::Drop(DropReason::Malformed);
         };
+        // A plain leg's RTCP port carries only RTCP; RTP there is someone probing (its
+        // RTP port may carry RTCP too, for rtcp-mux peers).
+        if component == Component::Rtcp && matches!(kind, Kind::Rtp(_)) {
+            return Verdict::Drop(DropReason::Malformed);
+        }
         let partner = leg ^ 1;
         let Some(this) = self.legs.get_mut(leg) else {
             return Verdict::Drop(DropReason::NoDestination);
@@ -284,16 +308,27 @@ impl SessionRelay {
         }
         // Accepted: this is the peer. Account it before looking for a destination, so
         // that a one-sided call still shows its inbound media.
-        self.shared.last_packet_us.store(arrival_us.max(1), Ordering::Relaxed);
+        self.shared
+            .last_packet_us
+            .store(arrival_us.max(1), Ordering::Relaxed);
         if let Kind::Rtp(h) = kind {
             this.receive.on_packet(&h, arrival_us, this.clock_rate);
             if let Some(c) = self.shared.legs.get(leg) {
                 c.packets_lost.store(this.receive.lost(), Ordering::Relaxed);
-                c.jitter_us.store(this.receive.jitter_us(this.clock_rate), Ordering::Relaxed);
+                c.jitter_us
+                    .store(this.receive.jitter_us(this.clock_rate), Ordering::Relaxed);
             }
         }
-        match self.legs.get(partner).and_then(|p| p.destination(component)) {
-            Some(to) => Verdict::Forward { leg: partner, component, to },
+        match self
+            .legs
+            .get(partner)
+            .and_then(|p| p.destination(component))
+        {
+            Some(to) => Verdict::Forward {
+                leg: partner,
+                component,
+                to,
+            },
             None => Verdict::Drop(DropReason::NoDestination),
         }
     }
@@ -321,8 +356,18 @@ mod tests {
     fn relay(a: LatchMode, b: LatchMode) -> SessionRelay {
         SessionRelay::new(
             vec![
-                LegRelay::new(Some(addr("192.0.2.10:4000")), Some(addr("192.0.2.10:4001")), a, None),
-                LegRelay::new(Some(addr("198.51.100.20:6000")), Some(addr("198.51.100.20:6001")), b, None),
+                LegRelay::new(
+                    Some(addr("192.0.2.10:4000")),
+                    Some(addr("192.0.2.10:4001")),
+                    a,
+                    None,
+                ),
+                LegRelay::new(
+                    Some(addr("198.51.100.20:6000")),
+                    Some(addr("198.51.100.20:6001")),
+                    b,
+                    None,
+                ),
             ],
             SessionShared::new(2),
         )
@@ -333,11 +378,19 @@ mod tests {
         let mut r = relay(LatchMode::Off, LatchMode::Off);
         assert_eq!(
             r.handle_packet(1, 0, Component::Rtp, addr("192.0.2.10:4000"), &rtp(1)),
-            Verdict::Forward { leg: 1, component: Component::Rtp, to: addr("198.51.100.20:6000") }
+            Verdict::Forward {
+                leg: 1,
+                component: Component::Rtp,
+                to: addr("198.51.100.20:6000")
+            }
         );
         assert_eq!(
             r.handle_packet(2, 1, Component::Rtcp, addr("198.51.100.20:6001"), &RR),
-            Verdict::Forward { leg: 0, component: Component::Rtcp, to: addr("192.0.2.10:4001") }
+            Verdict::Forward {
+                leg: 0,
+                component: Component::Rtcp,
+                to: addr("192.0.2.10:4001")
+            }
         );
         let s0 = r.shared().legs[0].snapshot();
         let s1 = r.shared().legs[1].snapshot();
@@ -350,9 +403,14 @@ mod tests {
         let mut r = relay(LatchMode::Off, LatchMode::SignalledIp);
         let attacker = addr("203.0.113.66:5555");
         for leg in 0..2 {
-            for c in [Component::Rtp, Component::Rtcp] {
-                assert_eq!(r.handle_packet(1, leg, c, attacker, &rtp(1)), Verdict::Drop(DropReason::WrongSource));
-            }
+            assert_eq!(
+                r.handle_packet(1, leg, Component::Rtp, attacker, &rtp(1)),
+                Verdict::Drop(DropReason::WrongSource)
+            );
+            assert_eq!(
+                r.handle_packet(1, leg, Component::Rtcp, attacker, &RR),
+                Verdict::Drop(DropReason::WrongSource)
+            );
         }
         // Same IP as signalled but another port: refused on an `Off` leg ...
         assert_eq!(
@@ -361,7 +419,10 @@ mod tests {
         );
         // ... learned on a `SignalledIp` leg, then locked.
         let natted = addr("198.51.100.20:7777");
-        assert!(matches!(r.handle_packet(3, 1, Component::Rtp, natted, &rtp(1)), Verdict::Forward { .. }));
+        assert!(matches!(
+            r.handle_packet(3, 1, Component::Rtp, natted, &rtp(1)),
+            Verdict::Forward { .. }
+        ));
         assert_eq!(
             r.handle_packet(4, 1, Component::Rtp, addr("198.51.100.20:6000"), &rtp(2)),
             Verdict::Drop(DropReason::WrongSource),
@@ -370,7 +431,11 @@ mod tests {
         // Media for leg 1 now goes to the learned address, not the signalled one.
         assert_eq!(
             r.handle_packet(5, 0, Component::Rtp, addr("192.0.2.10:4000"), &rtp(1)),
-            Verdict::Forward { leg: 1, component: Component::Rtp, to: natted }
+            Verdict::Forward {
+                leg: 1,
+                component: Component::Rtp,
+                to: natted
+            }
         );
         assert_eq!(r.shared().legs[0].snapshot().packets_dropped, 3);
     }
@@ -390,33 +455,72 @@ mod tests {
             Verdict::Drop(DropReason::NoDestination)
         );
         let peer = addr("10.1.2.3:40000");
-        assert!(matches!(r.handle_packet(2, 0, Component::Rtp, peer, &rtp(1)), Verdict::Forward { .. }));
-        assert_eq!(r.handle_packet(3, 0, Component::Rtp, addr("10.9.9.9:1"), &rtp(2)), Verdict::Drop(DropReason::WrongSource));
+        assert!(matches!(
+            r.handle_packet(2, 0, Component::Rtp, peer, &rtp(1)),
+            Verdict::Forward { .. }
+        ));
+        assert_eq!(
+            r.handle_packet(3, 0, Component::Rtp, addr("10.9.9.9:1"), &rtp(2)),
+            Verdict::Drop(DropReason::WrongSource)
+        );
         assert_eq!(
             r.handle_packet(4, 1, Component::Rtp, addr("198.51.100.20:6000"), &rtp(2)),
-            Verdict::Forward { leg: 0, component: Component::Rtp, to: peer }
+            Verdict::Forward {
+                leg: 0,
+                component: Component::Rtp,
+                to: peer
+            }
         );
     }
 
     #[test]
     fn unsolicited_without_signalled_address_and_malformed_are_counted() {
         let mut r = SessionRelay::new(
-            vec![LegRelay::new(None, None, LatchMode::Off, None), LegRelay::new(None, None, LatchMode::SignalledIp, None)],
+            vec![
+                LegRelay::new(None, None, LatchMode::Off, None),
+                LegRelay::new(None, None, LatchMode::SignalledIp, None),
+            ],
             SessionShared::new(2),
         );
-        assert_eq!(r.handle_packet(1, 0, Component::Rtp, addr("192.0.2.1:1"), &rtp(1)), Verdict::Drop(DropReason::Unsolicited));
-        assert_eq!(r.handle_packet(1, 1, Component::Rtp, addr("192.0.2.1:1"), &rtp(1)), Verdict::Drop(DropReason::Unsolicited));
-        assert_eq!(r.handle_packet(1, 0, Component::Rtp, addr("192.0.2.1:1"), &[0x80, 0]), Verdict::Drop(DropReason::Malformed));
-        assert_eq!(r.shared().last_packet_us.load(Ordering::Relaxed), 0, "drops are not activity");
+        assert_eq!(
+            r.handle_packet(1, 0, Component::Rtp, addr("192.0.2.1:1"), &rtp(1)),
+            Verdict::Drop(DropReason::Unsolicited)
+        );
+        assert_eq!(
+            r.handle_packet(1, 1, Component::Rtp, addr("192.0.2.1:1"), &rtp(1)),
+            Verdict::Drop(DropReason::Unsolicited)
+        );
+        assert_eq!(
+            r.handle_packet(1, 0, Component::Rtp, addr("192.0.2.1:1"), &[0x80, 0]),
+            Verdict::Drop(DropReason::Malformed)
+        );
+        assert_eq!(
+            r.handle_packet(1, 0, Component::Rtcp, addr("192.0.2.1:1"), &rtp(1)),
+            Verdict::Drop(DropReason::Malformed),
+            "RTP on an RTCP port"
+        );
+        assert_eq!(
+            r.shared().last_packet_us.load(Ordering::Relaxed),
+            0,
+            "drops are not activity"
+        );
     }
 
     #[test]
     fn resignalling_unlocks() {
         let mut r = relay(LatchMode::SignalledIp, LatchMode::Off);
         let first = addr("192.0.2.10:4444");
-        assert!(matches!(r.handle_packet(1, 0, Component::Rtp, first, &rtp(1)), Verdict::Forward { .. }));
-        r.leg_mut(0).unwrap().update(Some(addr("192.0.2.99:5000")), None);
-        assert_eq!(r.handle_packet(2, 0, Component::Rtp, first, &rtp(2)), Verdict::Drop(DropReason::WrongSource));
+        assert!(matches!(
+            r.handle_packet(1, 0, Component::Rtp, first, &rtp(1)),
+            Verdict::Forward { .. }
+        ));
+        r.leg_mut(0)
+            .unwrap()
+            .update(Some(addr("192.0.2.99:5000")), None);
+        assert_eq!(
+            r.handle_packet(2, 0, Component::Rtp, first, &rtp(2)),
+            Verdict::Drop(DropReason::WrongSource)
+        );
         assert!(matches!(
             r.handle_packet(3, 0, Component::Rtp, addr("192.0.2.99:5002"), &rtp(3)),
             Verdict::Forward { .. }
@@ -427,7 +531,13 @@ mod tests {
     fn loss_and_activity_are_tracked() {
         let mut r = relay(LatchMode::Off, LatchMode::Off);
         for seq in [1u16, 2, 5, 6] {
-            r.handle_packet(u64::from(seq) * 20_000, 0, Component::Rtp, addr("192.0.2.10:4000"), &rtp(seq));
+            r.handle_packet(
+                u64::from(seq) * 20_000,
+                0,
+                Component::Rtp,
+                addr("192.0.2.10:4000"),
+                &rtp(seq),
+            );
         }
         assert_eq!(r.shared().legs[0].snapshot().packets_lost, 2);
         assert_eq!(r.shared().last_packet_us.load(Ordering::Relaxed), 120_000);
