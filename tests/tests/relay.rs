@@ -7,6 +7,10 @@
     clippy::disallowed_methods,
     reason = "end-to-end tests wait in real time"
 )]
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
