@@ -9,6 +9,7 @@
 pub mod clock;
 pub mod driver;
 pub mod engine;
+pub mod fuzzing;
 pub mod metrics;
 pub mod node;
 pub mod proto;
