@@ -16,8 +16,8 @@ use rand::RngCore;
 use sbc_shared::config::MediaConfig;
 use sbc_shared::ids::{OwnerTag, SessionId};
 use sbc_shared::rpc::msg::{
-    EndReason, ErrorCode, LatchMode, LegStats, SessionInfo, Event, LegSpec, MAX_LIST_PAGE, NodeStats, PROTOCOL_VERSION, PeerRole,
-    Request, Response, RpcError, ServerFrame,
+    EndReason, ErrorCode, Event, LatchMode, LegSpec, LegStats, MAX_LIST_PAGE, NodeStats,
+    PROTOCOL_VERSION, PeerRole, Request, Response, RpcError, ServerFrame, SessionInfo,
 };
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
@@ -25,9 +25,9 @@ use tracing::{info, warn};
 use crate::engine::Engine;
 use crate::engine::core::CoreCommand;
 use crate::engine::ports::{BoundPair, bind_pair};
-use crate::proto::relay::{DropReason, LegRelay, SessionRelay, SessionShared};
 use crate::metrics::MediaMetrics;
 use crate::proto::ports::PortPool;
+use crate::proto::relay::{DropReason, LegRelay, SessionRelay, SessionShared};
 use crate::proto::table::{Ended, Leg, SessionTable};
 
 /// Most legs one session may have (audio + video + data, both sides, with room).
@@ -309,8 +309,7 @@ impl Node {
                         "inactivity_timeout_ms must be above 0",
                     ));
                 }
-                if !self.allow_latch_any_ip
-                    && spec.legs.iter().any(|l| l.latch == LatchMode::AnyIp)
+                if !self.allow_latch_any_ip && spec.legs.iter().any(|l| l.latch == LatchMode::AnyIp)
                 {
                     return Err(RpcError::new(
                         ErrorCode::InvalidRequest,
@@ -322,7 +321,9 @@ impl Node {
                 let relays = legs
                     .iter()
                     .zip(&spec.legs)
-                    .map(|(leg, s)| LegRelay::new(leg.remote_rtp, leg.remote_rtcp, s.latch, s.clock_rate))
+                    .map(|(leg, s)| {
+                        LegRelay::new(leg.remote_rtp, leg.remote_rtcp, s.latch, s.clock_rate)
+                    })
                     .collect();
                 self.table.insert(
                     now,
@@ -357,9 +358,17 @@ impl Node {
                     .collect();
                 self.table.update(now, &owner, session, update)?;
                 if let Some(p) = self.placed.get(&session) {
-                    self.engine.send(p.core, CoreCommand::Update { id: session, legs: changes });
+                    self.engine.send(
+                        p.core,
+                        CoreCommand::Update {
+                            id: session,
+                            legs: changes,
+                        },
+                    );
                 }
-                Ok(Response::Session(self.info(now, session).expect("just updated")))
+                Ok(Response::Session(
+                    self.info(now, session).expect("just updated"),
+                ))
             }
             Request::DeleteSession { session } => {
                 let legs = self.table.delete(&owner, session)?;
@@ -508,7 +517,8 @@ impl Node {
     fn free(&mut self, session: SessionId, legs: &[Leg]) -> Vec<LegStats> {
         let stats = match self.placed.remove(&session) {
             Some(p) => {
-                self.engine.send(p.core, CoreCommand::Remove { id: session });
+                self.engine
+                    .send(p.core, CoreCommand::Remove { id: session });
                 p.shared.legs.iter().map(|c| c.snapshot()).collect()
             }
             None => legs.iter().map(|l| l.stats).collect(),
@@ -546,7 +556,6 @@ impl Node {
             }
         }
     }
-
 
     /// When [`Self::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -652,8 +661,14 @@ impl Node {
                 *d += get(v);
             }
             let label = core.to_string();
-            m.advance(&format!("core{core}"), &m.core_packets.with_label_values(&[&label]), get(&c.packets_in));
-            m.core_sessions.with_label_values(&[&label]).set(get(&c.sessions) as i64);
+            m.advance(
+                &format!("core{core}"),
+                &m.core_packets.with_label_values(&[&label]),
+                get(&c.packets_in),
+            );
+            m.core_sessions
+                .with_label_values(&[&label])
+                .set(get(&c.sessions) as i64);
         }
         m.advance("pin", &m.packets.with_label_values(&["in"]), pin);
         m.advance("pout", &m.packets.with_label_values(&["out"]), pout);
@@ -661,9 +676,15 @@ impl Node {
         m.advance("bout", &m.bytes.with_label_values(&["out"]), bout);
         m.advance("errs", &m.send_errors, errs);
         for (reason, n) in DropReason::ALL.iter().zip(drops) {
-            m.advance(reason.as_str(), &m.dropped.with_label_values(&[reason.as_str()]), n);
+            m.advance(
+                reason.as_str(),
+                &m.dropped.with_label_values(&[reason.as_str()]),
+                n,
+            );
         }
-        m.engine_info.with_label_values(&[self.engine.kind().as_str()]).set(1);
+        m.engine_info
+            .with_label_values(&[self.engine.kind().as_str()])
+            .set(1);
     }
 
     /// Sessions and ports currently held (for tests and `status`).

@@ -49,7 +49,10 @@ pub struct CoreCounters {
 }
 
 fn bump(c: &AtomicU64, by: u64) {
-    c.store(c.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
+    c.store(
+        c.load(Ordering::Relaxed).wrapping_add(by),
+        Ordering::Relaxed,
+    );
 }
 
 /// One socket the core reads.
@@ -129,8 +132,18 @@ impl CoreState {
             CoreCommand::Add { id, sockets, relay } => {
                 let mut tokens = Vec::with_capacity(sockets.len());
                 for (leg, (rtp, rtcp)) in sockets.into_iter().enumerate() {
-                    let t_rtp = self.insert_socket(SocketEntry { socket: rtp, session: id, leg, component: Component::Rtp });
-                    let t_rtcp = self.insert_socket(SocketEntry { socket: rtcp, session: id, leg, component: Component::Rtcp });
+                    let t_rtp = self.insert_socket(SocketEntry {
+                        socket: rtp,
+                        session: id,
+                        leg,
+                        component: Component::Rtp,
+                    });
+                    let t_rtcp = self.insert_socket(SocketEntry {
+                        socket: rtcp,
+                        session: id,
+                        leg,
+                        component: Component::Rtcp,
+                    });
                     out.added.extend([t_rtp, t_rtcp]);
                     tokens.push((t_rtp, t_rtcp));
                 }
@@ -152,7 +165,9 @@ impl CoreState {
                         out.removed.extend([a, b]);
                     }
                     let n = self.counters.sessions.load(Ordering::Relaxed);
-                    self.counters.sessions.store(n.saturating_sub(1), Ordering::Relaxed);
+                    self.counters
+                        .sessions
+                        .store(n.saturating_sub(1), Ordering::Relaxed);
                 }
             }
             CoreCommand::Stop => out.stop = true,
@@ -173,13 +188,22 @@ impl CoreState {
     }
 
     /// A datagram of `len` bytes arrived on `token` from `src`.
-    pub fn on_datagram(&mut self, now_us: u64, token: Token, src: SocketAddr, packet: &[u8]) -> Option<Send> {
+    pub fn on_datagram(
+        &mut self,
+        now_us: u64,
+        token: Token,
+        src: SocketAddr,
+        packet: &[u8],
+    ) -> Option<Send> {
         let c = &self.counters;
         bump(&c.packets_in, 1);
         bump(&c.bytes_in, packet.len() as u64);
         let entry = self.sockets.get(token)?.as_ref()?;
         let session = self.sessions.get_mut(&entry.session)?;
-        match session.relay.handle_packet(now_us, entry.leg, entry.component, src, packet) {
+        match session
+            .relay
+            .handle_packet(now_us, entry.leg, entry.component, src, packet)
+        {
             Verdict::Forward { leg, component, to } => {
                 let (rtp, rtcp) = *session.tokens.get(leg)?;
                 let from = match component {

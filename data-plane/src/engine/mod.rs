@@ -107,7 +107,13 @@ impl Engine {
                 }
             };
             info!(core = index, cpu, "packet worker started");
-            cores.push(CoreHandle { cpu, tx, waker, counters, thread: Some(thread) });
+            cores.push(CoreHandle {
+                cpu,
+                tx,
+                waker,
+                counters,
+                thread: Some(thread),
+            });
         }
         Ok(Engine { kind, cores, epoch })
     }
@@ -130,7 +136,11 @@ impl Engine {
         self.cores
             .iter()
             .enumerate()
-            .min_by_key(|(_, c)| c.counters.sessions.load(std::sync::atomic::Ordering::Relaxed))
+            .min_by_key(|(_, c)| {
+                c.counters
+                    .sessions
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
             .map_or(0, |(i, _)| i)
     }
 
@@ -149,7 +159,10 @@ impl Engine {
 
     /// Per-core counters, for metrics.
     pub fn counters(&self) -> impl Iterator<Item = (usize, &CoreCounters)> {
-        self.cores.iter().enumerate().map(|(i, c)| (i, &*c.counters))
+        self.cores
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (i, &*c.counters))
     }
 
     /// Stop every worker and wait for it.

@@ -35,7 +35,12 @@ fn bind_one(addr: SocketAddr, dscp: Option<u8>) -> std::io::Result<UdpSocket> {
 }
 
 /// Bind RTP on `rtp_port` and RTCP on `rtp_port + 1` at `ip`.
-pub fn bind_pair(ip: IpAddr, rtp_port: u16, rtcp_port: u16, dscp: Option<u8>) -> std::io::Result<BoundPair> {
+pub fn bind_pair(
+    ip: IpAddr,
+    rtp_port: u16,
+    rtcp_port: u16,
+    dscp: Option<u8>,
+) -> std::io::Result<BoundPair> {
     let rtp = bind_one(SocketAddr::new(ip, rtp_port), dscp)?;
     let rtcp = bind_one(SocketAddr::new(ip, rtcp_port), dscp)?;
     Ok(BoundPair { rtp, rtcp })

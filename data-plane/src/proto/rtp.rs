@@ -19,7 +19,9 @@ pub enum RtpError {
 pub enum Kind {
     Rtp(RtpHeader),
     /// RTCP: the first packet's type (200 SR, 201 RR, ...).
-    Rtcp { packet_type: u8 },
+    Rtcp {
+        packet_type: u8,
+    },
 }
 
 /// The fixed RTP header fields the relay uses.
@@ -180,7 +182,10 @@ mod tests {
     #[test]
     fn classifies_rtp_and_rtcp_per_rfc5761() {
         let h = header(7, 160);
-        assert_eq!((h.sequence, h.timestamp, h.ssrc, h.payload_type), (7, 160, 0x1234_5678, 0));
+        assert_eq!(
+            (h.sequence, h.timestamp, h.ssrc, h.payload_type),
+            (7, 160, 0x1234_5678, 0)
+        );
         let rr = [0x80, 201, 0, 1, 0, 0, 0, 1];
         assert_eq!(classify(&rr), Ok(Kind::Rtcp { packet_type: 201 }));
         assert_eq!(classify(&[0x80, 200, 0]), Err(RtpError::TooShort));
